@@ -1,0 +1,30 @@
+"""Shared fixtures: every test gets its own cache and workspace; nothing touches ~/.cache."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Toolchain environments (rknn-toolkit2, ...) are large and slow to create: tests share the
+# user's default location so a machine installs each once, whatever cache a test uses.
+os.environ.setdefault("YOLOBUILD_TOOLCHAINS", str(Path.home() / ".cache" / "yolobuild" / "toolchains"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("YOLOBUILD_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m yolobuild ARGS` as a user would, capturing both streams."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "yolobuild", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=900)

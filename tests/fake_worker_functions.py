@@ -1,0 +1,17 @@
+"""Functions the toolchain worker runs inside a test environment (stdlib only: no pytest there)."""
+import os
+from pathlib import Path
+
+
+def echo(request: dict) -> dict:
+    Path(request["out"]).write_text(request["text"].upper())
+    return {"seen": request["text"]}
+
+
+def compiler_error(request: dict) -> dict:
+    print("\x1b[31mE build: Unsupported op 'Foo' at node 17\x1b[0m", flush=True)
+    raise RuntimeError("build returned -1")
+
+
+def hard_exit(request: dict) -> dict:
+    os._exit(3)

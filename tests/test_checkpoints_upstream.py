@@ -1,0 +1,195 @@
+"""Cross-check against the upstream code: ultralytics/yolov5 7.0.14 and ultralytics 8.4.190.
+
+A test-only venv (cached under ~/.cache/yolobuild-testenv/upstream-<key>, keyed by its
+requirements and the generator script) builds upstream models, saves checkpoints exactly as
+their trainers do and records upstream's own eval outputs (tests/upstream/make_refs.py).
+This process never imports upstream: yolobuild loads those files with its restricted unpickler
+and must reproduce upstream's outputs to 1e-4, and its exported models must match per field.
+Skipped (with the reason) only when the venv cannot be built, e.g. PyPI unreachable.
+First run: ~2-3 minutes to build the venv; later runs reuse it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from yolobuild.errors import UserError  # noqa: E402
+from yolobuild.runtime.decode import fields, to_decoded  # noqa: E402
+
+from .conftest import run_cli  # noqa: E402
+from .test_models import assert_same_detections, cosine  # noqa: E402
+from .test_ops import run_op  # noqa: E402
+
+pytestmark = pytest.mark.toolchain  # needs its own environment: runs in the second test stage
+HERE = Path(__file__).parent / "upstream"
+REQUIREMENTS = [
+    ["torch==2.13.0", "numpy<2.4", "pyyaml"],
+    ["--no-deps", "yolov5==7.0.14", "ultralytics==8.4.190"],
+    ["opencv-python-headless", "pandas", "requests", "pillow", "matplotlib", "seaborn", "tqdm", "psutil", "setuptools<81",
+     "polars"],
+]
+
+
+def _key() -> str:
+    h = hashlib.sha256(json.dumps([REQUIREMENTS, sys.version_info[:2]]).encode())
+    return h.hexdigest()[:12]
+
+
+def _env(cfg: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(HERE / "stubs"), "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(cfg),
+            "YOLOV5_CONFIG_DIR": str(cfg), "MPLCONFIGDIR": str(cfg), "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="session")
+def upstream_refs() -> tuple[Path, dict]:
+    root = Path(os.environ.get("YOLOBUILD_TESTENV", Path.home() / ".cache" / "yolobuild-testenv"))
+    venv = root / f"upstream-{_key()}"
+    py = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        for req in REQUIREMENTS:
+            r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *req],
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode:
+                tail = " ".join((r.stderr or r.stdout).split())[-300:]
+                shutil.rmtree(venv, ignore_errors=True)
+                pytest.skip(f"upstream test venv cannot be built (pip install {' '.join(req)}): {tail}")
+        r = subprocess.run([str(py), "-c", "import yolov5.models.yolo, ultralytics.nn.tasks"], capture_output=True,
+                           text=True, timeout=300, env=_env(venv / "cfg"), cwd=str(venv))
+        assert r.returncode == 0, f"upstream packages installed but do not import: {r.stderr[-2000:]}"
+        (venv / ".complete").write_text("ok\n")
+    script = HERE / "make_refs.py"
+    digest = hashlib.sha256(script.read_bytes() + (HERE / "stubs" / "torchvision" / "__init__.py").read_bytes())
+    out = venv / f"refs-{digest.hexdigest()[:12]}"
+    if not (out / "cases.json").exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        r = subprocess.run([str(py), str(script), str(tmp)], capture_output=True, text=True, timeout=600,
+                           env=_env(venv / "cfg"), cwd=str(venv))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        tmp.rename(out)
+    return out, json.loads((out / "cases.json").read_text())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_upstream_is_not_importable_here():
+    assert importlib.util.find_spec("ultralytics") is None and importlib.util.find_spec("yolov5") is None
+    assert importlib.util.find_spec("models") is None
+
+
+RECIPE = {"yolov5n_pip": ("yolov5", "n", "v6"), "yolov5n_checkout": ("yolov5", "n", "v6"),
+          "yolov5s6_checkout_v60": ("yolov5", "s", "p6"), "yolov8n": ("yolov8", "n", "v8")}
+
+
+def _load(tmp_path, ref_dir, case, file=None, **kw):
+    family, scale, layout = RECIPE[case]
+    p = dict(family=family, scale=scale, layout=layout, nc=80, names=None, anchors=None, random=False, seed=0,
+             trust_checkpoint=False)
+    p.update(kw)
+    return run_op("load_model", tmp_path / case, p, {"weights": ref_dir / (file or case + ".pt")},
+                  ["model.pt", "model.json"])
+
+
+@pytest.mark.parametrize("case", ["yolov5n_pip", "yolov5n_checkout", "yolov5s6_checkout_v60", "yolov8n"])
+def test_loads_upstream_checkpoint_and_reproduces_upstream_outputs(tmp_path, upstream_refs, case):
+    from yolobuild.ops.model import load_checkpoint
+
+    ref_dir, cases = upstream_refs
+    c = cases[case]
+    outs, res = _load(tmp_path, ref_dir, case, c["file"])
+    meta = json.loads(outs["model.json"].read_text())
+    assert res["source"].startswith("upstream:")
+    assert meta["nc"] == 3 and meta["names"] == c["names"] and meta["strides"] == c["strides"]
+    assert meta["input_size"] == [128, 128]
+    if "anchors_px" in c:
+        np.testing.assert_allclose(np.array(meta["anchors_px"]).reshape(len(c["strides"]), -1), c["anchors_px"],
+                                   atol=1e-3)
+    refs = np.load(ref_dir / "refs.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    want = refs[case]
+    if meta["head_kind"] == "anchor_free":
+        want = want.transpose(0, 2, 1)          # upstream (bs, 4+nc, N) -> yolobuild (bs, N, 4+nc)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["yolov5n_checkout", "yolov8n"])     # P6 export: same head code, 4 levels
+@pytest.mark.parametrize("head", ["raw", "split", "decoded"])
+def test_export_parity_with_upstream_outputs(tmp_path, upstream_refs, case, head):
+    ref_dir, cases = upstream_refs
+    outs, _ = _load(tmp_path, ref_dir, case, cases[case]["file"])
+    meta = json.loads(outs["model.json"].read_text())
+    p, pres = run_op("patch", tmp_path / "p", dict(head=head, patches=["silu_as_sigmoid_mul", "no_inplace_slice",
+                                                                      "anchors_as_constants"],
+                                                   fuse=True, height=128, width=128),
+                     {"model": outs["model.pt"]}, ["patched.pt", "patch_check.json"])
+    e, _ = run_op("export_onnx", tmp_path / "e", dict(opset=13, head=head, batch=1, height=128, width=128),
+                  {"model": p["patched.pt"]}, ["model.onnx"])
+    sess = ort.InferenceSession(str(e["model.onnx"]), providers=["CPUExecutionProvider"])
+    refs = np.load(ref_dir / "refs.npz")
+    x = refs["input"][:1]
+    got = to_decoded(sess.run(None, {"images": x}), head, meta)
+    want = refs[case][:1]
+    if meta["head_kind"] == "anchor_free":
+        want = want.transpose(0, 2, 1)
+    for name, f in fields(want, meta).items():
+        assert cosine(fields(got, meta)[name], f) >= 0.99999, name
+    assert_same_detections(got, want, meta)
+
+
+def test_ultralytics_last_pt_with_optimizer_state(tmp_path, upstream_refs):
+    ref_dir, cases = upstream_refs
+    outs, res = _load(tmp_path, ref_dir, "yolov8n", cases["yolov8n"]["last"])
+    assert res["source"] == "upstream:ultralytics.nn.tasks.DetectionModel"
+
+
+def test_family_mismatch_names_both(tmp_path, upstream_refs):
+    ref_dir, cases = upstream_refs
+    with pytest.raises(UserError, match=r"the checkpoint is a yolov8n \(layout v8\) model but the recipe says "
+                                        r"yolov5n \(layout v6\)"):
+        _load(tmp_path, ref_dir, "yolov5n_checkout", cases["yolov8n"]["file"])
+    with pytest.raises(UserError, match=r"checkpoint is yolov5s \(layout p6\) but the recipe says yolov5n"):
+        _load(tmp_path, ref_dir, "yolov5n_checkout", cases["yolov5s6_checkout_v60"]["file"])
+
+
+def test_truncated_upstream_checkpoint(tmp_path, upstream_refs):
+    ref_dir, cases = upstream_refs
+    data = (ref_dir / cases["yolov8n"]["file"]).read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) - 4096])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        run_op("load_model", tmp_path / "cut", dict(family="yolov8", scale="n", layout="v8", nc=3, names=None,
+                                                     anchors=None, random=False, seed=0, trust_checkpoint=False),
+               {"weights": tmp_path / "cut.pt"}, ["model.pt", "model.json"])
+
+
+def test_inspect_verb(upstream_refs):
+    ref_dir, cases = upstream_refs
+    r = run_cli("inspect", f"model.weights={ref_dir / cases['yolov5s6_checkout_v60']['file']}")
+    assert r.returncode == 0, r.stderr
+    assert "family:      yolov5" in r.stdout and "layout:      p6" in r.stdout
+    assert "strides:     [8, 16, 32, 64]" in r.stdout and "[436.0, 615.0" in r.stdout
+    r = run_cli("inspect", f"model.weights={ref_dir / cases['yolov8n']['file']}")
+    assert r.returncode == 0 and "head_kind:   anchor_free" in r.stdout and '"circle"' in r.stdout

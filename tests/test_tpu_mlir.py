@@ -1,0 +1,136 @@
+"""Sophgo TPU-MLIR for real: compile the demo to .bmodel, run it on the cmodel emulator, compare with PyTorch.
+
+Marked `toolchain`: the first run installs the tpu-mlir environment (Python 3.10, about 2.5 minutes,
+2.0 GB, from PyPI) under YOLOBUILD_TOOLCHAINS; later runs reuse it. The cmodel emulator is slow
+(about 9 s per 320x320 image in int8, a minute or more in fp16/fp32 on 2 cores), so the builds here
+are few and small: fp16 (bm1688) and fp32 (bm1684) at 160x160 on one parity image, run at the same
+time (two chips at once), and one int8 bm1684x build at 320x320 scored on 12 evaluation images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.toolchain
+FIELDS = ("boxes", "objectness", "class_scores")
+SMALL = ("input.width=160", "input.height=160", "evaluate.enabled=false", "check.parity_images=1")
+INT8 = ("target=bm1684x", "precision=int8", "dataset.generator.eval_count=12", "dataset.calib.count=16",
+        "dataset.generator.calib_count=16")
+
+
+def _popen(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "yolobuild", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def tpu_builds(tmp_path_factory):
+    from yolobuild.toolchains import envs
+
+    envs.ensure(envs.find_spec("tpu-mlir"))   # install once, outside the timed builds
+    root = tmp_path_factory.mktemp("tpu")
+    common = (f"workspace.path={root / 'ws'}", f"cache.dir={root / 'cache'}")
+    # two builds for different chips at once: the cmodel steps serialise on the environment's lock
+    procs = {"bm1688_fp16": _popen([*common, *SMALL, "target=bm1688", "precision=fp16"], root),
+             "bm1684_fp32": _popen([*common, *SMALL, "target=bm1684", "precision=fp32"], root)}
+    runs = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=1800)
+        runs[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    runs["bm1684x_int8"] = run_cli(*common, *INT8, cwd=root)
+    return root, common, runs
+
+
+def manifest(root: Path, name: str) -> dict:
+    return json.loads((root / "ws" / name / "manifest.json").read_text())
+
+
+def _ok(run):
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_two_chips_at_once_fp16_and_fp32_match_pytorch(tpu_builds):
+    root, _, runs = tpu_builds
+    for key, name, bar in (("bm1688_fp16", "demo_bm1688_fp16_160x160", 0.9999),
+                           ("bm1684_fp32", "demo_bm1684_fp32_160x160", 0.99999)):
+        _ok(runs[key])
+        m = manifest(root, name)
+        assert m["status"] == "compiled"
+        for field in FIELDS:
+            assert m["parity"][field]["cosine"] >= bar, (name, m["parity"])
+        assert m["tools"]["tpu-mlir:tpu_mlir"] == "1.30.2"
+        build = root / "ws" / name
+        assert (build / "model.bmodel").stat().st_size > 100_000
+        ops = {op["id"]: op for op in m["ops"]}
+        steps = ops["compile"]["results"]["steps"]
+        assert set(steps["top_vs_onnx"]["cosine"]) == {"out8", "out16", "out32"}
+        assert min(steps["top_vs_onnx"]["cosine"].values()) > 0.9999
+        assert min(steps["bmodel_vs_top"]["cosine"].values()) > 0.999
+        assert (build / "logs" / "compile.log").exists() and (build / "logs" / "simulate.log").exists()
+
+
+def test_int8_keeps_accuracy_with_a_higher_precision_head(tpu_builds):
+    root, _, runs = tpu_builds
+    _ok(runs["bm1684x_int8"])
+    m = manifest(root, "demo_bm1684x_int8_320x320")
+    fp32, int8 = m["metrics"]["pytorch_fp32"]["mAP50_95"], m["metrics"]["built"]["mAP50_95"]
+    assert fp32 - int8 <= 0.015, (fp32, int8)
+    compile_results = {op["id"]: op for op in m["ops"]}["compile"]["results"]
+    assert compile_results["compile"]["quantize_table"] == ["out16_Conv", "out32_Conv", "out8_Conv"]
+    assert set(compile_results["steps"]) >= {"top_vs_onnx", "bmodel_vs_top"}
+
+
+def test_rebuild_is_a_cache_hit_that_starts_no_worker(tpu_builds):
+    root, common, _ = tpu_builds
+    log = root / "ws" / "demo_bm1684x_int8_320x320" / "logs" / "simulate.log"
+    before = log.stat().st_mtime_ns
+    # a cache hit reads the environment's marker file only: no op runs, so no worker (the only thing
+    # that starts the environment's Python 3.10) starts, and its log is not rewritten
+    r = run_cli(*common, *INT8, cwd=root, env={"YOLOBUILD_NO_INSTALL": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {op["status"] for op in manifest(root, "demo_bm1684x_int8_320x320")["ops"]} == {"cached"}
+    assert log.stat().st_mtime_ns == before
+
+
+def test_int8_below_tolerance_fails_naming_cosine_threshold_and_keys(tpu_builds):
+    root, common, _ = tpu_builds
+    r = run_cli(*common, *INT8, "backend.options.quantize_table=none", "backend.options.tolerance=0.99999",
+                "evaluate.enabled=false", cwd=root)
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "below the tolerance 0.99999 (backend.options.tolerance)" in r.stderr
+    assert "cosine 0." in r.stderr and "backend.options.quantize_table" in r.stderr
+    assert "dataset.calib.count" in r.stderr
+    m = manifest(root, "demo_bm1684x_int8_320x320")
+    ops = {op["id"]: op for op in m["ops"]}
+    assert m["status"] == "failed" and ops["compile"]["status"] == "failed"
+    # nothing half-written: the failed compile left no cache entry, so a rerun compiles again
+    again = run_cli("plan", *common, *INT8, "backend.options.quantize_table=none",
+                    "backend.options.tolerance=0.99999", "evaluate.enabled=false", cwd=root)
+    assert again.returncode == 0
+    lines = again.stdout.splitlines()
+    status = lines[next(i for i, line in enumerate(lines) if ". compile " in line) + 1]
+    assert "will run: no cache entry" in status, status
+
+
+def test_a_tpu_mlir_option_is_validated_by_the_toolchain(tpu_builds):
+    root, common, _ = tpu_builds
+    r = run_cli(*common, *SMALL, "target=bm1684x", "precision=fp16", "backend.options.num_core=2", cwd=root)
+    assert r.returncode == 2 and "num_core: 2 is not allowed on bm1684x" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_no_python310_exits_3_with_the_install_hint(tmp_path):
+    env = {"YOLOBUILD_PYTHON310": str(tmp_path / "no-such-python"), "PYENV_ROOT": "/nonexistent",
+           "PATH": "/usr/bin:/bin", "YOLOBUILD_TOOLCHAINS": str(tmp_path / "toolchains")}
+    assert not any(Path(d, "python3.10").exists() for d in env["PATH"].split(os.pathsep))
+    r = run_cli("toolchain", "install", "tpu-mlir", cwd=tmp_path, env=env)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "Python 3.10 not found" in r.stderr and "pyenv install 3.10" in r.stderr
+    assert "YOLOBUILD_PYTHON310" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,369 @@
+"""The `yolobuild` command: `[build|validate|plan] [key=value ...] [--multirun] [--config-dir DIR]`.
+
+The edge of the program: parse argv, compose + validate + lower each job, run or print it,
+turn every yolobuild error into one line on stderr and its exit code.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, nearest
+
+VERBS = ("build", "validate", "plan", "toolchain", "inspect")
+
+HELP = """\
+usage: yolobuild [build|validate|plan] [KEY=VALUE ...] [--multirun] [--config-dir DIR]
+       yolobuild toolchain list | install NAME [--force]
+       yolobuild inspect model.weights=PATH [model.trust_checkpoint=true] [model.source.repo=DIR]
+
+Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
+it through a content-addressed cache. With no arguments: the embedded demo (a YOLOv5n
+trained on synthetic shapes) is built for onnxruntime and a summary is printed.
+
+verbs:
+  build      (default) run the plan; outputs go to <workspace.path>/<recipe>_<target>_<precision>_<H>x<W>/
+  validate   check the composed recipe: every problem on one line, with the file that set it
+  plan       print the ops, their fingerprints and cache state; write plan.json
+  toolchain  list the isolated toolchain environments, or install one (e.g. `toolchain install rknn`);
+             builds install what they need on first use (YOLOBUILD_NO_INSTALL=1 turns that off)
+  inspect    what a checkpoint holds: family, classes, strides, anchors, input size (imports torch;
+             full pickles go through the restricted unpickler, no code from the file runs)
+
+overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
+  group choices: recipe=NAME target=NAME precision=NAME dataset=NAME
+  common keys: model.weights=PATH|random  input.width=W input.height=H  graph.head=raw|split|decoded
+               dataset.calib.path=DIR|LIST dataset.calib.count=N
+               dataset.eval.images=DIR dataset.eval.annotations=COCO.json
+               workspace.path=DIR  cache.dir=DIR (or YOLOBUILD_CACHE)
+
+options:
+  -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8
+  -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first)
+  -h, --help             this text
+
+exit codes: 0 built (or hand-off bundle written), 2 user error, 3 toolchain or numeric check failed,
+            130 interrupted.
+"""
+
+
+class Output:
+    """Plain lines for progress and messages; rich only for the summary table (it costs ~50 ms)."""
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def table(self, table) -> None:
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True)
+        if not console.is_terminal:
+            console.width = 160
+        console.print(table)
+
+
+class Args:
+    def __init__(self, verb: str, overrides: list[str], multirun: bool, config_dirs: list[str], help: bool):
+        self.verb, self.overrides, self.multirun, self.config_dirs, self.help = verb, overrides, multirun, config_dirs, help
+
+
+def parse_args(argv: list[str]) -> Args:
+    verb, overrides, multirun, dirs, want_help = "build", [], False, [], False
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            want_help = True
+        elif a in ("-m", "--multirun"):
+            multirun = True
+        elif a in ("-cd", "--config-dir") or a.startswith("--config-dir="):
+            if "=" in a:
+                dirs.append(a.split("=", 1)[1])
+            else:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{a}: needs a folder (command line)")
+                i += 1
+                dirs.append(argv[i])
+        elif a.startswith("-") and "=" not in a:
+            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--help'])}; see yolobuild --help")
+        elif i == 0 and "=" not in a and not a.startswith(("~", "+")):
+            if a not in VERBS:
+                raise UserError(f"{a}: unknown verb{nearest(a, VERBS)}; allowed: {', '.join(VERBS)} (command line)")
+            verb = a
+        else:
+            overrides.append(a)
+        i += 1
+    return Args(verb, overrides, multirun, dirs, want_help)
+
+
+def _help_text(config_dirs) -> str:
+    from .compose import GROUPS, options
+
+    lines = [HELP, "available choices:"]
+    for g in GROUPS:
+        lines.append(f"  {g}: {', '.join(options(g, config_dirs))}")
+    return "\n".join(lines)
+
+
+def _jobs(args: Args) -> list[list[str]]:
+    if not args.multirun:
+        if any(_has_sweep(o) or "(" in o for o in args.overrides):  # range()/choice() sweeps too
+            from .compose import parse_overrides
+
+            sweeps = [o.input_line for o in parse_overrides(args.overrides) if o.is_sweep_override()]
+            if sweeps:
+                raise UserError(f"{sweeps[0]}: a sweep needs --multirun (command line)")
+        return [args.overrides]
+    from .compose import expand_sweep
+
+    return expand_sweep(args.overrides)
+
+
+def _prepare(overrides, config_dirs):
+    """Compose + validate (or reuse the memoised composition), then lower."""
+    from . import compose_memo
+    from .plan.lower import lower
+    from .validate import filesystem_problems, freeze, thaw, validate
+
+    key, cached = compose_memo.load(overrides, config_dirs)
+    if cached is not None and not filesystem_problems(cached):
+        config = freeze(cached)
+    else:
+        from .compose import compose
+
+        config = validate(compose(overrides, config_dirs))
+        compose_memo.store(overrides, key, thaw(config))
+    return config, lower(config)
+
+
+def _has_sweep(override: str) -> bool:
+    """A comma outside brackets and quotes in the value: Hydra's sweep syntax."""
+    if "=" not in override:
+        return False
+    depth, quote = 0, None
+    for ch in override.split("=", 1)[1]:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
+def _print_errors(err: UserError, prefix: str = "") -> None:
+    for line in err.lines:
+        print(f"error: {prefix}{line}", file=sys.stderr)
+
+
+def _cmd_validate(config, plan, out) -> int:
+    c = config
+    out.say(f"ok: {plan.name}  (recipe {c['recipe']}, target {c['target']['name']} via {c['backend']['toolchain']}, "
+              f"precision {c['precision']['name']}, input {c['input']['height']}x{c['input']['width']}, "
+              f"head {c['graph']['head']})")
+    _notes(config, plan, out)
+    return EXIT_OK
+
+
+def _notes(config, plan, out) -> None:
+    from .compose import MISSING
+    from .validate import WEIGHTS_UNSET
+
+    if config["model"]["weights"] == MISSING:
+        out.say(f"note: {WEIGHTS_UNSET} before building")
+    for note in plan.notes:
+        out.say(f"note: {note}")
+
+
+def _cmd_plan(config, plan, out) -> int:
+    import json
+
+    from .engine.build import _previous_keys, build_dir_for, cache_for
+    from .engine.cache import write_atomic
+    from .engine.runner import Runner
+
+    build_dir = build_dir_for(config, plan)
+    records = Runner(cache_for(config), _previous_keys(build_dir)).dry_run(plan)
+    out.say(f"plan {plan.name}: {len(records)} ops")
+    for i, rec in enumerate(records, 1):
+        op = rec.op
+        ins = ", ".join(f"{k}={r.describe(short=True)}" for k, r in op.inputs.items()) or "-"
+        state = "cached" if rec.status == "cached" else rec.reason
+        out.say(f"{i:>3}. {op.id:<17} [{op.env}] {ins} -> {', '.join(op.outputs)}")
+        out.say(f"     fingerprint {rec.fingerprint[:16] if rec.fingerprint else '-':<16}  {state}")
+        if op.params:
+            out.say(f"     params {json.dumps(op.params, separators=(',', ':'))}")
+    _notes(config, plan, out)
+    fps = {rec.op.id: rec.fingerprint for rec in records}
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(build_dir / "plan.json", plan.to_json(fps))
+    except OSError as exc:
+        raise UserError(f"workspace.path: cannot write {build_dir} ({exc.strerror})") from None
+    out.say(f"wrote {build_dir / 'plan.json'}")
+    return EXIT_OK
+
+
+def _cmd_build(config, plan, out) -> tuple[int, dict]:
+    from .compose import MISSING
+    from .engine.build import run_build
+    from .validate import WEIGHTS_UNSET
+
+    if config["model"]["weights"] == MISSING:
+        raise UserError(f"{WEIGHTS_UNSET} (command line)")
+    def on_op(rec):
+        mark = {"ran": "ran", "cached": "cached", "handoff": "handoff", "failed": "FAILED"}.get(rec.status, rec.status)
+        why = "" if rec.status == "cached" else f"  ({rec.reason})"
+        out.say(f"  {rec.op.id:<18} {mark:<8} {rec.seconds:7.2f}s{why}")
+
+    if config["model"]["weights"] == "random":
+        out.say("WARNING: model.weights=random: random weights — this checks the pipeline, "
+                "not a trained detector")
+    out.say(f"building {plan.name}")
+    for note in plan.notes:
+        out.say(f"note: {note}")
+    result = run_build(config, plan, on_op)
+    if result.exit_code == EXIT_INTERRUPTED:
+        print(f"interrupted: {result.message}", file=sys.stderr)
+        return result.exit_code, {}
+    if result.exit_code != EXIT_OK:
+        print(f"error: {result.message}", file=sys.stderr)
+    m = result.manifest
+    m["_dir"] = str(result.build_dir)
+    for kept in m.get("kept_edits") or []:
+        out.say(f"note: {kept}")
+    return result.exit_code, m
+
+
+def _summary(rows: list[dict], out) -> None:
+    from rich.table import Table
+
+    table = Table(title="yolobuild summary", title_justify="left")
+    for col in ("build", "status", "ops ran/cached", "parity (min cosine)", "mAP50-95 torch→built", "output"):
+        table.add_column(col)
+    for m in rows:
+        ops = m.get("ops", [])
+        ran = sum(o["status"] in ("ran", "handoff") for o in ops)
+        cached = sum(o["status"] == "cached" for o in ops)
+        parity = m.get("parity") or {}
+        min_cos = min((v["cosine"] for v in parity.values()), default=None)
+        metrics = m.get("metrics") or {}
+        acc = "-"
+        if metrics.get("built"):
+            acc = f"{metrics['pytorch_fp32']['mAP50_95']:.4f} → {metrics['built']['mAP50_95']:.4f}"
+        table.add_row(m.get("build", "?"), m.get("status", "?"), f"{ran}/{cached}",
+                      f"{min_cos:.6f}" if min_cos is not None else "-", acc, m.get("_dir", ""))
+    out.table(table)
+
+
+def _cmd_toolchain(argv: list[str], out) -> int:
+    """`yolobuild toolchain list` | `yolobuild toolchain install NAME [--force]`."""
+    from .toolchains import envs
+
+    if not argv or argv[0] not in ("list", "install"):
+        raise UserError("toolchain: say `yolobuild toolchain list` or `yolobuild toolchain install NAME` (command line)")
+    if argv[0] == "list":
+        for row in envs.listing():
+            out.say(f"{row['toolchain']:<16} {row['state']:<14} install name: {row['install name']:<10} "
+                    f"{row['versions'] or '-'}\n{'':<16} {row['path']}")
+        return EXIT_OK
+    names = [a for a in argv[1:] if not a.startswith("-")]
+    if len(names) != 1:
+        raise UserError("toolchain install: name one toolchain, e.g. `yolobuild toolchain install rknn` (command line)")
+    try:
+        spec = envs.find_spec(names[0])
+    except YolobuildError as exc:
+        raise UserError(f"toolchain install: {exc} (command line)") from None
+    envs.install(spec, progress=lambda m: out.say(f"  {m}"), force="--force" in argv)
+    return EXIT_OK
+
+
+def _cmd_inspect(argv: list[str], out) -> int:
+    """`yolobuild inspect model.weights=PATH [model.trust_checkpoint=true] [model.source.repo=DIR]`."""
+    import json
+
+    kv = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
+    unknown = sorted(set(kv) - {"model.weights", "model.trust_checkpoint", "model.source.repo"})
+    if unknown or "model.weights" not in kv or any("=" not in a for a in argv):
+        raise UserError("inspect: say `yolobuild inspect model.weights=PATH` "
+                        "[model.trust_checkpoint=true] [model.source.repo=DIR] (command line)")
+    from .ops.model import inspect_weights
+
+    info = inspect_weights(Path(kv["model.weights"]).expanduser(), kv.get("model.trust_checkpoint") == "true",
+                           kv.get("model.source.repo"))
+    for key, value in info.items():
+        out.say(f"{key + ':':<12} {value if isinstance(value, str) else json.dumps(value)}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "inspect":
+        try:
+            return _cmd_inspect(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
+    if argv and argv[0] == "toolchain":
+        try:
+            return _cmd_toolchain(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
+        except YolobuildError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt:
+            print("interrupted: the environment stays incomplete; the next install starts it over", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    out = Output()
+    try:
+        args = parse_args(argv)
+        if args.help:
+            print(_help_text(args.config_dirs))
+            return EXIT_OK
+        jobs = _jobs(args)
+    except UserError as err:
+        _print_errors(err)
+        return EXIT_USER
+    worst, rows = EXIT_OK, []
+    for overrides in jobs:
+        label = " ".join(overrides) if args.multirun else ""
+        if label:
+            out.say(f"job: {label}")
+        try:
+            config, plan = _prepare(overrides, args.config_dirs)
+            if args.verb == "validate":
+                code = _cmd_validate(config, plan, out)
+            elif args.verb == "plan":
+                code = _cmd_plan(config, plan, out)
+            else:
+                code, manifest = _cmd_build(config, plan, out)
+                if manifest:
+                    rows.append(manifest)
+        except UserError as err:
+            _print_errors(err, f"[{label}] " if label else "")
+            code = EXIT_USER
+        except YolobuildError as err:
+            print(f"error: {err}", file=sys.stderr)
+            code = err.exit_code
+        except KeyboardInterrupt:
+            print("interrupted: finished ops stay cached", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if code == EXIT_INTERRUPTED:
+            return code
+        worst = max(worst, code)
+    if rows:
+        _summary(rows, out)
+        for m in rows:  # a hand-off build ends saying what to run next, and where
+            if m.get("status") == "handoff" and m.get("next"):
+                out.say(f"next: {m['next']}")
+    return worst
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""Compose a build config from Hydra config groups: recipe x target x precision x dataset.
+
+Uses Hydra's config loader directly (not `@hydra.main`) so that a user's `--config-dir`
+is searched before the shipped recipes, and so that each key's source file can be
+recovered for error messages. Imports no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, nearest
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+PRIMARY = "config"
+GROUPS = ("recipe", "target", "precision", "dataset")
+MISSING = "???"
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A composed (not yet validated) config with what is needed to explain it."""
+
+    config: dict[str, Any]
+    overrides: tuple[str, ...]
+    config_dirs: tuple[Path, ...]
+    choices: dict[str, str] = field(default_factory=dict)
+    unresolved: tuple[tuple[str, str], ...] = ()   # (key, why) for interpolations that failed
+
+
+def search_dirs(config_dirs=()) -> list[Path]:
+    """User folders first (they may add or shadow recipes and targets), shipped recipes last."""
+    return [Path(d).resolve() for d in config_dirs] + [RECIPES_DIR]
+
+
+def options(group: str, config_dirs=()) -> list[str]:
+    names = set()
+    for d in search_dirs(config_dirs):
+        if (d / group).is_dir():
+            names.update(p.stem for p in (d / group).glob("*.yaml"))
+    return sorted(names)
+
+
+def _loader(config_dirs):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra._internal.core_plugins.file_config_source import FileConfigSource
+    from hydra._internal.core_plugins.structured_config_source import StructuredConfigSource
+    from hydra._internal.sources_registry import SourcesRegistry
+
+    registry = SourcesRegistry.instance()
+    for source in (FileConfigSource, StructuredConfigSource):
+        if source.scheme() not in registry.types:
+            registry.register(source)
+    path = ConfigSearchPathImpl()
+    for d in search_dirs(config_dirs):
+        path.append("yolobuild", f"file://{d}")
+    path.append("schema", "structured://")  # Hydra requires its schema source, last
+    return ConfigLoaderImpl(config_search_path=path)
+
+
+def _load(loader, overrides):
+    """Hydra's composition (defaults lists, group overrides, command-line overrides, struct
+    mode) without the `hydra:` node of an app run: that node alone costs ~100 ms to build,
+    and validate/plan must stay far below an `import torch`."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.defaults_list import create_defaults_list
+    from omegaconf import OmegaConf
+
+    parsed, repo = loader._parse_overrides_and_create_caching_repo(PRIMARY, overrides)
+    defaults = create_defaults_list(repo=repo, config_name=PRIMARY, overrides_list=parsed,
+                                    prepend_hydra=False, skip_missing=False)
+    cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
+    OmegaConf.set_struct(cfg, True)
+    ConfigLoaderImpl._apply_overrides_to_config(defaults.config_overrides, cfg)
+    return cfg, dict(defaults.overrides.known_choices)
+
+
+def _check_group_choices(overrides, config_dirs) -> None:
+    """Unknown recipe/target/precision/dataset names: list the allowed ones, suggest the nearest."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    errors = []
+    for ov in parse_overrides(overrides):
+        group = ov.key_or_group.lstrip("/")
+        if group not in GROUPS or ov.is_delete():
+            continue
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        allowed = options(group, config_dirs)
+        for value in values:
+            if value not in allowed:
+                errors.append(f"{group}: unknown {group} {value!r}{nearest(value, allowed)}; "
+                              f"allowed: {', '.join(allowed)} (command line)")
+    if errors:
+        raise UserError(errors[0], errors)
+    del OverridesParser
+
+
+# backend.options is `${target.backend_options}`: the target YAML holds the defaults, so a
+# command-line override of one option is an override of the target's default for this build.
+ALIASES = {"backend.options.": "target.backend_options."}
+
+
+def _alias(override: str) -> str:
+    for prefix in ("", "+", "++", "~"):
+        for old, new in ALIASES.items():
+            if override.startswith(prefix + old):
+                return prefix + new + override[len(prefix + old):]
+    return override
+
+
+def parse_overrides(overrides):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"command line: cannot parse override: {first}") from None
+
+
+def expand_sweep(overrides) -> list[list[str]]:
+    """`--multirun` overrides -> one override list per job, using Hydra's sweep grammar."""
+    import itertools
+
+    fixed, axes = [], []
+    for ov in parse_overrides(overrides):
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            fixed.append(ov.input_line)
+    return [fixed + list(combo) for combo in itertools.product(*axes)] if axes else [fixed]
+
+
+def _explain_composition_error(exc, overrides, config_dirs) -> UserError:
+    text = str(exc).strip()
+    msg = text.splitlines()[0]
+    import re
+
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if m:
+        key = m.group(1)
+        top = key.split(".")[0]
+        hint = ""
+        if "not in struct" in text or "Could not override" in text:
+            known = _known_keys(config_dirs) if overrides else []
+            hint = nearest(key, known) or nearest(top, known)
+            return UserError(f"{key}: unknown key{hint}; to add a new key use +{key}=VALUE (command line)")
+    m = re.search(r"Could not find '([^']+)'", text)
+    if m:
+        return UserError(f"config: {msg}")
+    return UserError(f"command line: {msg}")
+
+
+def _known_keys(config_dirs) -> list[str]:
+    try:
+        cfg = compose([], config_dirs).config
+    except UserError:
+        return []
+    return list(flatten(cfg))
+
+
+def compose(overrides=(), config_dirs=()) -> Composed:
+    """Compose the config for one job. Raises UserError with one line per problem."""
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for d in config_dirs:
+        if not Path(d).is_dir():
+            raise UserError(f"--config-dir: {d} is not a folder (command line)")
+    overrides = [_alias(o) for o in overrides]
+    _check_group_choices(overrides, config_dirs)
+    loader = _loader(config_dirs)
+    try:
+        cfg, known_choices = _load(loader, overrides)
+    except MissingConfigException as exc:
+        raise UserError(f"config: {str(exc).strip().splitlines()[0]}") from None
+    except (ConfigCompositionException, OmegaConfBaseException) as exc:
+        raise _explain_composition_error(exc, overrides, config_dirs) from None
+    except HydraException as exc:
+        raise UserError(f"command line: {str(exc).strip().splitlines()[0]}") from None
+    choices = {g: str(known_choices.get(g)) for g in GROUPS}
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    try:
+        resolved, unresolved = OmegaConf.to_container(plain, resolve=True, throw_on_missing=False), ()
+    except OmegaConfBaseException:
+        resolved, unresolved = _resolve_leniently(plain)
+    return Composed(config=resolved, overrides=tuple(overrides),
+                    config_dirs=tuple(Path(d).resolve() for d in config_dirs), choices=choices,
+                    unresolved=unresolved)
+
+
+def _resolve_leniently(plain) -> tuple[dict, tuple[tuple[str, str], ...]]:
+    """Resolve what can be; an interpolation that cannot (a user target lacking a key) becomes None."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw = OmegaConf.to_container(plain, resolve=False)
+    problems = []
+    for key, value in flatten(raw).items():
+        if isinstance(value, str) and "${" in value:
+            try:
+                value = OmegaConf.select(plain, key, throw_on_missing=False)
+                value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            except OmegaConfBaseException as exc:
+                problems.append((key, f"cannot resolve {value}: {str(exc).splitlines()[0]}"))
+                value = None
+            node = raw
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return raw, tuple(problems)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay leaves."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict) and tree:
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = tree
+    return out
+
+
+def provenance(overrides=(), config_dirs=()) -> tuple[dict[str, str], dict[str, str]]:
+    """(dotted key -> the file that last set it or 'command line', key -> key it merely copies).
+
+    A key set to a plain `${other.key}` interpolation is attributed to where other.key was
+    set: `graph.head: ${target.heads.preferred}` is the target file's choice. Only called
+    to explain errors, so its cost is not on the fast path.
+    """
+    import re
+    from hydra._internal.defaults_list import create_defaults_list
+    from omegaconf import OmegaConf
+
+    loader = _loader(config_dirs)
+    parsed, repo = loader._parse_overrides_and_create_caching_repo(PRIMARY, list(overrides))
+    defaults = create_defaults_list(repo=repo, config_name=PRIMARY, overrides_list=parsed,
+                                    prepend_hydra=False, skip_missing=False)
+    source: dict[str, str] = {}
+    raw: dict[str, object] = {}
+    for d in defaults.defaults:
+        if d.config_path is None or d.config_path.startswith("hydra/"):
+            continue
+        loaded = loader.repository.load_config(d.config_path)
+        if loaded is None:
+            continue
+        body = OmegaConf.to_container(loaded.config, resolve=False)
+        body.pop("defaults", None)
+        package = d.package or ""
+        where = _display_path(loaded.path, d.config_path)
+        prefix = package if package and package != "_global_" else ""
+        if prefix:
+            source[prefix] = where
+        for key, value in flatten(body, prefix).items():
+            source[key] = where
+            raw[key] = value
+    for ov in parse_overrides(overrides):
+        key = ov.key_or_group.lstrip("+~/")
+        if key not in GROUPS:  # a group choice's keys come from the file it chose
+            source[key] = "command line"
+            raw[key] = None
+    aliases = {}
+    for key, value in raw.items():
+        m = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+        if m and source.get(key) != "command line":
+            aliases[key] = m.group(1)
+            source[key] = source_of(m.group(1), source)
+    return source, aliases
+
+
+def _display_path(source_path: str, config_path: str) -> str:
+    root = source_path.replace("file://", "")
+    path = Path(root) / f"{config_path}.yaml"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        if path.is_relative_to(RECIPES_DIR):
+            return f"recipes/{path.relative_to(RECIPES_DIR)}"
+        return str(path)
+
+
+def source_of(key: str, sources: dict[str, str]) -> str:
+    """The source of key, or of its closest parent (a list or a section set as a whole)."""
+    parts = key.split(".")
+    while parts:
+        hit = sources.get(".".join(parts))
+        if hit:
+            return hit
+        parts.pop()
+    return "recipes/config.yaml"

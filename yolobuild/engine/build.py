@@ -1,0 +1,211 @@
+"""One build: run the plan through the cache, then lay out the build folder.
+
+Build folder `<workspace>/<recipe>_<target>_<precision>_<H>x<W>/`: the final artifacts,
+plan.json, manifest.json and report.md. A user error met while running (a corrupt
+checkpoint, say) leaves the folder as the last good build left it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, UserError
+from ..plan.ir import Plan
+from .cache import Cache, default_root, write_atomic
+from .runner import Execution, OpRecord, Runner, yolobuild_version
+
+
+@dataclass
+class BuildResult:
+    plan: Plan
+    build_dir: Path
+    manifest: dict[str, Any]
+    exit_code: int
+    message: str = ""
+
+
+def build_dir_for(config: Mapping, plan: Plan) -> Path:
+    return Path(config["workspace"]["path"]).expanduser() / plan.name
+
+
+def cache_for(config: Mapping) -> Cache:
+    return Cache(default_root(config["cache"]["dir"]))
+
+
+def _previous_keys(build_dir: Path) -> dict[str, dict]:
+    try:
+        manifest = json.loads((build_dir / "manifest.json").read_text())
+        return {op["id"]: op.get("key", {}) for op in manifest.get("ops", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+MARKER = ".yolobuild-sha256"
+
+
+def _user_edited(dest: Path, cache: Cache) -> bool:
+    """A folder in the build folder whose files no longer hash to what yolobuild placed there
+    (its marker), or a non-empty folder yolobuild did not write: it holds a user's edits."""
+    if not dest.is_dir():
+        return False
+    marker = dest / MARKER
+    if not marker.is_file():
+        return any(dest.iterdir())
+    h = hashlib.sha256(b"tree\n")  # cache.sha256_tree's format, without the marker itself
+    for p in sorted(dest.rglob("*")):
+        if p.is_file() and p != marker:
+            h.update(f"{p.relative_to(dest).as_posix()}\0{cache.hash_file(p)}\n".encode())
+    return h.hexdigest() != marker.read_text().strip()
+
+
+def _copy_artifact(src: Path, dest: Path, sha: str, cache: Cache) -> Path:
+    """Copy one cached object into the build folder unless the same bytes are already there.
+
+    A folder the user edited since yolobuild placed it is never overwritten: a different new
+    version goes beside it (`<name>.new`). Returns where the object is.
+    """
+    if src.is_dir():
+        marker = dest / MARKER
+        if _user_edited(dest, cache):
+            if marker.is_file() and marker.read_text().strip() == sha:
+                return dest  # nothing new to place: the user's edits stay as they are
+            dest = dest.with_name(f"{dest.name}.new")
+            marker = dest / MARKER
+        if dest.is_dir() and marker.exists() and marker.read_text().strip() == sha:
+            return dest
+        staging = dest.with_name(f".{dest.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        (staging / ".yolobuild-sha256").write_text(sha)
+        old = dest.with_name(f".{dest.name}.old")
+        if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return dest
+    if dest.is_file() and cache.hash_file(dest) == sha:
+        return dest
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _materialize(plan: Plan, records: list[OpRecord], build_dir: Path, cache: Cache,
+                 moved: dict[str, Path] | None = None) -> dict[str, str]:
+    """Final outputs into the build folder (a later op's output of the same name wins).
+
+    `moved` collects the outputs placed beside a folder holding the user's edits (name -> path)."""
+    chosen: dict[str, str] = {}
+    for rec in records:
+        for name in rec.op.final:
+            if name in rec.outputs:
+                chosen[name] = rec.outputs[name]["sha256"]
+    for name, sha in chosen.items():
+        where = _copy_artifact(cache.object_path(sha), build_dir / name, sha, cache)
+        if where != build_dir / name and moved is not None:
+            moved[name] = where
+    return chosen
+
+
+def _copy_logs(records: list[OpRecord], build_dir: Path) -> None:
+    """Logs of the tools that ran this time, beside the artifacts (a failed op's log above all)."""
+    for rec in records:
+        if rec.log and rec.log.exists():
+            (build_dir / "logs").mkdir(exist_ok=True)
+            shutil.copyfile(rec.log, build_dir / "logs" / f"{rec.op.id}.log")
+
+
+def _tools(records: list[OpRecord]) -> dict[str, str]:
+    tools = {"yolobuild": yolobuild_version(), "python": platform.python_version()}
+    for rec in records:
+        for name, version in rec.key.get("tools", {}).items():
+            if name != "yolobuild-op":
+                tools[name] = version
+    return tools
+
+
+def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, cache: Cache,
+                  placed: dict[str, str], status: str, moved: dict[str, Path] | None = None) -> dict[str, Any]:
+    parity, metrics = {}, {}
+    ops = []
+    moved = moved or {}
+    nxt = None
+    for rec in ex.records:
+        parity.update(rec.results.get("parity", {}))
+        metrics.update(rec.results.get("metrics", {}))
+        outputs = {}
+        for name, out in rec.outputs.items():
+            in_build = name in rec.op.final and placed.get(name) == out["sha256"]
+            path = moved.get(name, build_dir / name) if in_build else cache.object_path(out["sha256"])
+            outputs[name] = {"path": str(path), "sha256": out["sha256"]}
+        if rec.results.get("next"):  # what to run next: "<name>" stands for where that output is
+            nxt = rec.results["next"]
+            for name, out in outputs.items():
+                nxt = nxt.replace(f"<{name}>", out["path"])
+        ops.append({"id": rec.op.id, "kind": rec.op.kind, "env": rec.op.env, "fingerprint": rec.fingerprint,
+                    "status": rec.status, "reason": rec.reason, "seconds": rec.seconds,
+                    "outputs": outputs, "results": rec.results, "key": rec.key})
+    return {
+        "status": status,
+        "build": plan.name,
+        "recipe": config["recipe"],
+        "target": config["target"]["name"],
+        "precision": config["precision"]["name"],
+        "input": {"height": config["input"]["height"], "width": config["input"]["width"]},
+        "head": config["graph"]["head"],
+        "weights": config["model"]["weights"],
+        "random_weights": config["model"]["weights"] == "random",
+        "tools": _tools(ex.records),
+        "ops": ops,
+        "parity": parity,
+        "metrics": metrics,
+        "error": str(ex.error) if ex.error else ("interrupted" if ex.interrupted else None),
+        "next": nxt,
+        "kept_edits": [f"{build_dir / name} holds your edits: it was left as it is and the new {name} "
+                       f"was written beside it, to {path}" for name, path in sorted(moved.items())],
+        "cache": str(cache.root),
+    }
+
+
+def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None) -> BuildResult:
+    from ..report import render_report
+
+    build_dir = build_dir_for(config, plan)
+    cache = cache_for(config)
+    try:
+        cache.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cache.dir: {cache.root} is not writable ({exc.strerror}) (YOLOBUILD_CACHE / cache.dir)") from None
+    runner = Runner(cache, _previous_keys(build_dir), on_op)
+    ex = runner.run(plan)
+    if ex.interrupted:
+        return BuildResult(plan, build_dir, {}, EXIT_INTERRUPTED, "interrupted: finished ops stay cached")
+    if isinstance(ex.error, UserError):
+        raise ex.error  # nothing written: the build folder keeps the last good build
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"workspace.path: cannot create {build_dir} ({exc.strerror})") from None
+    from filelock import FileLock
+
+    with FileLock(str(build_dir / ".lock")):
+        moved: dict[str, Path] = {}
+        placed = _materialize(plan, ex.records, build_dir, cache, moved) if ex.error is None else {}
+        _copy_logs(ex.records, build_dir)
+        status = "failed" if ex.error else plan.status_if_done
+        manifest = make_manifest(config, plan, ex, build_dir, cache, placed, status, moved)
+        fps = {rec.op.id: rec.fingerprint for rec in ex.records}
+        write_atomic(build_dir / "plan.json", plan.to_json(fps))
+        write_atomic(build_dir / "manifest.json", json.dumps(manifest, indent=2))
+        write_atomic(build_dir / "report.md", render_report(manifest))
+    code = ex.error.exit_code if ex.error else EXIT_OK
+    return BuildResult(plan, build_dir, manifest, code, str(ex.error) if ex.error else "")
+

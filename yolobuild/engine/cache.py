@@ -1,0 +1,151 @@
+"""A content-addressed cache of op results, safe to share between concurrent builds.
+
+Layout under the cache root:
+  objects/ab/<sha256>        an output file, or a folder (its hash covers names + contents)
+  entries/ab/<fingerprint>.json  which objects an op run produced, its key, figures, timing
+  tmp/                       where running ops write; never read as a result
+  locks/<fingerprint>.lock   one runner per fingerprint at a time
+  hashes/                    stat-keyed memo of external file hashes (size, mtime, inode)
+
+An entry is written (temp + rename) only after all its objects are in place, so a crash or
+Ctrl-C at any point leaves either a complete entry or none. Failures are never cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+def default_root(configured: str | None = None) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    env = os.environ.get("YOLOBUILD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "yolobuild"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_tree(root: Path, file_hash=sha256_file) -> str:
+    """Hash of a folder: sorted relative names with their contents' hashes."""
+    h = hashlib.sha256(b"tree\n")
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(root).as_posix()}\0{file_hash(p)}\n".encode())
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temp file in the same folder, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Entry:
+    fingerprint: str
+    outputs: dict[str, dict[str, Any]]   # name -> {"sha256", "kind": file|dir, "size"}
+    record: dict[str, Any]               # kind, key, results, seconds, created
+
+
+class Cache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _entry_path(self, fp: str) -> Path:
+        return self.root / "entries" / fp[:2] / f"{fp}.json"
+
+    def object_path(self, sha: str) -> Path:
+        return self.root / "objects" / sha[:2] / sha
+
+    def ensure_writable(self) -> None:
+        for sub in ("objects", "entries", "tmp", "locks", "hashes"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- lookups -------------------------------------------------------------------------------
+    def lookup(self, fp: str) -> Entry | None:
+        path = self._entry_path(fp)
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        outputs = data.get("outputs", {})
+        if not all(self.object_path(o["sha256"]).exists() for o in outputs.values()):
+            return None  # an object was removed by hand: treat as a miss, the op reruns
+        return Entry(fp, outputs, data)
+
+    def lock(self, fp: str, timeout: float = -1):
+        from filelock import FileLock
+
+        return FileLock(str(self.root / "locks" / f"{fp}.lock"), timeout=timeout)
+
+    def new_tmp(self, fp: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{fp[:16]}-", dir=self.root / "tmp"))
+
+    # -- stores --------------------------------------------------------------------------------
+    def _put_object(self, src: Path) -> dict[str, Any]:
+        if src.is_dir():
+            sha, kind = sha256_tree(src), "dir"
+            size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+        else:
+            sha, kind, size = sha256_file(src), "file", src.stat().st_size
+        dest = self.object_path(sha)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(src, dest) if kind == "file" else os.rename(src, dest)
+            except OSError:
+                if not dest.exists():  # a concurrent build may have put the same object first
+                    raise
+        return {"sha256": sha, "kind": kind, "size": size}
+
+    def store(self, fp: str, outputs: dict[str, Path], record: dict[str, Any]) -> Entry:
+        stored = {name: self._put_object(path) for name, path in outputs.items()}
+        body = {**record, "fingerprint": fp, "outputs": stored, "created": time.time()}
+        write_atomic(self._entry_path(fp), json.dumps(body, indent=1, sort_keys=True))
+        return Entry(fp, stored, body)
+
+    # -- external inputs -----------------------------------------------------------------------
+    def hash_file(self, path: Path) -> str:
+        """sha256 of a user file, memoised by (path, size, mtime, inode) like git's index."""
+        st = path.stat()
+        stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        memo = self.root / "hashes" / hashlib.sha256(stamp.encode()).hexdigest()
+        try:
+            return memo.read_text().strip()
+        except FileNotFoundError:
+            sha = sha256_file(path)
+            try:
+                write_atomic(memo, sha)
+            except OSError:
+                pass
+            return sha
+
+    def clean_tmp(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,290 @@
+"""Run a plan's ops in order, reusing cached results (a constructive trace, early cut-off).
+
+An op's fingerprint = sha256(kind, op version, params, the sha256 of every input artifact,
+the versions of the tools it uses). Internal inputs are hashed by content, so an upstream op
+that reruns but produces identical bytes does not invalidate what follows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ToolchainError, UserError, YolobuildError
+from ..plan.ir import Op, Plan, Ref
+from .cache import Cache, Entry, sha256_tree
+
+
+@lru_cache(maxsize=1)
+def _installed_versions() -> dict[str, str]:
+    """name -> version from the *.dist-info folder names on sys.path: one listdir per entry,
+    where importlib.metadata would open and parse every METADATA file it meets."""
+    import os
+    import re
+    import sys
+
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and "-" in name:
+                dist, version = name[: -len(".dist-info")].split("-", 1)
+                found.setdefault(re.sub(r"[-_.]+", "-", dist).lower(), version)
+    return found
+
+
+@lru_cache(maxsize=None)
+def tool_version(dist: str) -> str:
+    import re
+
+    version = _installed_versions().get(re.sub(r"[-_.]+", "-", dist).lower())
+    if version:
+        return version
+    from importlib.metadata import PackageNotFoundError, version as metadata_version
+
+    try:
+        return metadata_version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def yolobuild_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+IMPLEMENTATION_DIRS = ("ops", "toolchains", "models", "runtime", "data")
+
+
+@lru_cache(maxsize=None)
+def implementation_digest() -> str:
+    """sha256 over the source of everything op implementations run, so editing an op's code
+    (without remembering to bump its version) can never serve a stale cached result."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in IMPLEMENTATION_DIRS:
+        for path in sorted((root / sub).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def env_tool_versions(op: Op, install: bool, progress: Callable[[str], None] = print) -> dict[str, str]:
+    """Versions inside an op's toolchain environment, from its marker file (no process started).
+
+    During a build a missing environment is installed first (its versions key the op);
+    during `plan` it is reported instead."""
+    from ..toolchains import envs
+
+    spec = envs.ENVS.get(op.env)
+    if spec is None:
+        return {}
+    marker = envs.ensure(spec, progress) if install else envs.read_marker(spec)
+    if marker is None:
+        raise ToolchainError(f"toolchain environment {spec.name} is not installed; run `{envs.install_hint(spec)}` "
+                             "(or build: it installs on first use)")
+    return {f"{spec.name}:{k}": v for k, v in marker["versions"].items()}
+
+
+def op_key(op: Op, input_hashes: dict[str, str], env_versions: dict[str, str] | None = None) -> dict[str, Any]:
+    tools = dict(env_versions) if env_versions else {t: tool_version(t) for t in op.tools}
+    tools["yolobuild-op"] = f"{op.kind}/{op.version}/{implementation_digest()[:16]}"
+    return {"kind": op.kind, "version": op.version, "env": op.env, "params": op.params,
+            "inputs": input_hashes, "tools": tools}
+
+
+def fingerprint(key: dict[str, Any]) -> str:
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def explain(key: dict[str, Any], previous: dict[str, Any] | None) -> str:
+    """Why an op must run, ninja `-d explain` style, against the last build's key for it."""
+    if not previous:
+        return "no cache entry"
+    for field_name in ("version", "env"):
+        if previous.get(field_name) != key[field_name]:
+            return f"op {field_name} changed: {previous.get(field_name)} -> {key[field_name]}"
+    for name in sorted(set(key["params"]) | set(previous.get("params", {}))):
+        old, new = previous.get("params", {}).get(name), key["params"].get(name)
+        if old != new:
+            return f"param {name} changed: {json.dumps(old)} -> {json.dumps(new)}"
+    for name in sorted(set(key["inputs"]) | set(previous.get("inputs", {}))):
+        old, new = previous.get("inputs", {}).get(name), key["inputs"].get(name)
+        if old != new:
+            return f"input {name} changed: {str(old)[:12]} -> {str(new)[:12]}"
+    for name in sorted(set(key["tools"]) | set(previous.get("tools", {}))):
+        old, new = previous.get("tools", {}).get(name), key["tools"].get(name)
+        if old != new:
+            return f"tool {name} changed: {old} -> {new}"
+    return "no cache entry (same key as the last build: the cache entry was removed)"
+
+
+@dataclass
+class OpRecord:
+    op: Op
+    fingerprint: str | None = None
+    status: str = "pending"          # ran | cached | handoff | failed | pending
+    reason: str = ""
+    seconds: float = 0.0
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    key: dict[str, Any] = field(default_factory=dict)
+    log: Path | None = None          # the tool's log for this run, when it wrote one
+
+
+@dataclass
+class Execution:
+    records: list[OpRecord]
+    error: YolobuildError | None = None
+    interrupted: bool = False
+
+
+class Runner:
+    def __init__(self, cache: Cache, previous_keys: dict[str, dict] | None = None,
+                 on_op: Callable[[OpRecord], None] | None = None, progress: Callable[[str], None] = print):
+        self.cache = cache
+        self.progress = progress
+        self.previous = previous_keys or {}
+        self.on_op = on_op or (lambda rec: None)
+
+    # -- hashing inputs ------------------------------------------------------------------------
+    def _hash_ref(self, ref: Ref, produced: dict[str, OpRecord]) -> str:
+        if ref.op:
+            return produced[ref.op].outputs[ref.output]["sha256"]
+        if ref.kind == "unset":
+            raise UserError("model.weights is not set")
+        path = Path(ref.path)
+        if ref.kind == "images":
+            from ..runtime.images import list_images
+
+            if path.is_dir():
+                return sha256_tree(path, self.cache.hash_file)
+            h = hashlib.sha256(self.cache.hash_file(path).encode())
+            for image in list_images(path):
+                h.update(self.cache.hash_file(image).encode())
+            return h.hexdigest()
+        if not path.is_file():
+            raise UserError(f"{path}: input file is missing")
+        return self.cache.hash_file(path)
+
+    def _input_path(self, ref: Ref, produced: dict[str, OpRecord], link_dir: Path | None = None) -> Path:
+        """An input's path; a cached object is shown under its output name (tools check suffixes)."""
+        if not ref.op:
+            return Path(ref.path)
+        obj = self.cache.object_path(produced[ref.op].outputs[ref.output]["sha256"])
+        if link_dir is None:
+            return obj
+        link = link_dir / ref.output
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(obj, target_is_directory=obj.is_dir())
+        return link
+
+    def key_for(self, op: Op, produced: dict[str, OpRecord], install: bool = True) -> dict[str, Any]:
+        inputs = {slot: self._hash_ref(ref, produced) for slot, ref in op.inputs.items()}
+        return op_key(op, inputs, env_tool_versions(op, install, self.progress))
+
+    def dry_run(self, plan: Plan) -> list[OpRecord]:
+        """Fingerprints as far as the cache can resolve them, without running anything.
+
+        An op whose inputs come from an op that has not run yet has no fingerprint until
+        then: its key holds the other op's output hash (early cut-off), not a guess.
+        """
+        records, produced = [], {}
+        for op in plan.ops:
+            rec = OpRecord(op)
+            records.append(rec)
+            waiting = [r.op for r in op.inputs.values() if r.op and r.op not in produced]
+            if waiting:
+                rec.reason = f"fingerprint known after {waiting[0]} runs"
+                continue
+            try:
+                rec.key = self.key_for(op, produced, install=False)
+            except (YolobuildError, OSError) as exc:
+                rec.reason = str(exc)
+                continue
+            rec.fingerprint = fingerprint(rec.key)
+            entry = self.cache.lookup(rec.fingerprint)
+            if entry:
+                rec.status, rec.reason, rec.outputs = "cached", "fingerprint found in cache", entry.outputs
+                produced[op.id] = rec
+            else:
+                rec.reason = "will run: " + explain(rec.key, self.previous.get(op.id))
+        return records
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, plan: Plan) -> Execution:
+        records: list[OpRecord] = []
+        produced: dict[str, OpRecord] = {}
+        for op in plan.ops:
+            rec = OpRecord(op)
+            records.append(rec)
+            try:
+                rec.key = self.key_for(op, produced)
+                rec.fingerprint = fingerprint(rec.key)
+                entry = self.cache.lookup(rec.fingerprint)
+                if entry is None:
+                    self.cache.ensure_writable()
+                    with self.cache.lock(rec.fingerprint):
+                        entry = self.cache.lookup(rec.fingerprint)  # a concurrent build may have made it
+                        if entry is None:
+                            rec.reason = explain(rec.key, self.previous.get(op.id))
+                            entry = self._execute(op, rec, produced)
+                            rec.status = "handoff" if op.kind == "handoff" else "ran"
+                if rec.status == "pending":
+                    rec.status, rec.reason = "cached", "fingerprint found in cache"
+                    rec.seconds = entry.record.get("seconds", 0.0)
+                rec.outputs, rec.results = entry.outputs, entry.record.get("results", {})
+                produced[op.id] = rec
+                self.on_op(rec)
+            except KeyboardInterrupt:
+                rec.status, rec.reason = "failed", "interrupted"
+                self.on_op(rec)
+                return Execution(records, interrupted=True)
+            except YolobuildError as exc:
+                rec.status, rec.reason = "failed", str(exc)
+                self.on_op(rec)
+                return Execution(records, error=exc)
+        return Execution(records)
+
+    def _execute(self, op: Op, rec: OpRecord, produced: dict[str, OpRecord]) -> Entry:
+        from ..ops import OpContext
+        from .dispatch import implementation
+
+        tmp = self.cache.new_tmp(rec.fingerprint)
+        try:
+            out_dir = tmp / "out"
+            out_dir.mkdir()
+            ctx = OpContext(op_id=op.id, kind=op.kind, params=json.loads(json.dumps(op.params)),
+                            inputs={k: self._input_path(r, produced, tmp / "inputs" / k) for k, r in op.inputs.items()},
+                            outputs={name: out_dir / name for name in op.outputs},
+                            scratch=tmp / "scratch",
+                            log_file=self.cache.root / "logs" / f"{op.id}-{rec.fingerprint[:16]}.log")
+            ctx.scratch.mkdir()
+            rec.log = ctx.log_file
+            start = time.perf_counter()
+            try:
+                implementation(op)(ctx)
+            except YolobuildError:
+                rec.results = ctx.results
+                raise
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # a crash inside an op or a tool: exit 3, with what crashed
+                rec.results = ctx.results
+                raise ToolchainError(f"{op.id}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+            rec.seconds = round(time.perf_counter() - start, 3)
+            missing = [n for n, p in ctx.outputs.items() if not p.exists()]
+            if missing:
+                raise ToolchainError(f"{op.id}: op finished without writing {', '.join(missing)}")
+            return self.cache.store(rec.fingerprint, ctx.outputs,
+                                    {"kind": op.kind, "key": rec.key, "results": ctx.results, "seconds": rec.seconds})
+        finally:
+            self.cache.clean_tmp(tmp)

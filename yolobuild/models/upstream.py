@@ -1,0 +1,136 @@
+"""Recognise an upstream model read by the restricted unpickler and turn it into yolobuild metadata.
+
+Input: the stand-in module tree of a full-pickle checkpoint (yolov5 train.py, ultralytics).
+Output: {family, scale, layout, nc, names, anchors (pixels, anchor-based only), strides,
+input_size, upstream} plus the state_dict. yolobuild then builds its own network from the
+family table and loads that state_dict; the upstream classes never run.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import UserError
+from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES, YOLOV8_LAYOUTS, YOLOV8_SCALES
+from .safe_pickle import Stub, module_attr, upstream_name
+
+YOLOV5_MODEL_CLASSES = {"models.yolo.Model", "models.yolo.DetectionModel", "yolov5.models.yolo.Model",
+                        "yolov5.models.yolo.DetectionModel"}
+ULTRALYTICS_MODEL_CLASSES = {"ultralytics.nn.tasks.DetectionModel", "ultralytics.yolo.v8.detect.DetectionModel"}
+
+
+def _norm_table(rows) -> str:
+    out = []
+    for row in rows or []:
+        f, n, t, args = row[:4]
+        t = str(t).replace("torch.nn.", "nn.")
+        args = ["None" if a is None else a for a in (args or [])]
+        out.append([f, n, t, args])
+    return json.dumps(out, default=str)
+
+
+def _match_layout(yaml: dict, layouts: dict) -> str | None:
+    want = _norm_table(list(yaml.get("backbone") or []) + list(yaml.get("head") or []))
+    for name, table in layouts.items():
+        if _norm_table(table) == want:
+            return name
+    return None
+
+
+def _layer_types(yaml: dict) -> str:
+    rows = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
+    seen = []
+    for r in rows:
+        t = str(r[2])
+        if t not in seen:
+            seen.append(t)
+    return ", ".join(seen)
+
+
+def _names(names, nc: int) -> list[str] | None:
+    if isinstance(names, dict):
+        try:
+            return [str(names[i]) for i in range(nc)]
+        except KeyError:
+            return [str(v) for _, v in sorted(names.items())]
+    if isinstance(names, (list, tuple)):
+        return [str(n) for n in names]
+    return None
+
+
+def _imgsz(value) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return [int(value), int(value)]
+    if isinstance(value, (list, tuple)) and value:
+        v = [int(x) for x in value]
+        return v * 2 if len(v) == 1 else v[:2]
+    return None
+
+
+def pick_model(container: Any) -> Any:
+    """The model object of an upstream checkpoint dict: EMA first (what upstream's loaders use)."""
+    if isinstance(container, dict):
+        for key in ("ema", "model"):
+            if isinstance(container.get(key), Stub):
+                return container[key]
+    return container if isinstance(container, Stub) else None
+
+
+def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
+    """-> (meta, state_dict) for a full-pickle upstream checkpoint; UserError when not understood."""
+    model = pick_model(container)
+    if model is None:
+        raise UserError(f"{where}: a full pickle without a model (expected a dict with 'model' or 'ema')")
+    cls = upstream_name(model)
+    yaml = module_attr(model, "yaml") or {}
+    sd = model.state_dict()
+    stride = module_attr(model, "stride")
+    strides = [int(round(float(s))) for s in stride.tolist()] if stride is not None else None
+    heads = [m for m in model.modules() if upstream_name(m).rsplit(".", 1)[-1] in ("Detect", "IDetect", "IAuxDetect")]
+    head = heads[-1] if heads else None
+    head_cls = upstream_name(head) if head is not None else "?"
+    if cls in YOLOV5_MODEL_CLASSES:
+        if head_cls.endswith(("IDetect", "IAuxDetect")):
+            raise UserError(f"{where}: a YOLOR / YOLOv7 checkpoint ({cls} with {head_cls}); its family is "
+                            "yolor, which this yolobuild does not build yet")
+        family = "yolov5"
+        layout = _match_layout(yaml, YOLOV5_LAYOUTS)
+        dm, wm = yaml.get("depth_multiple"), yaml.get("width_multiple")
+        scale = next((s for s, (d, w) in YOLOV5_SCALES.items() if d == dm and w == wm), None)
+    elif cls in ULTRALYTICS_MODEL_CLASSES:
+        family = "yolov8"
+        layout = _match_layout(yaml, YOLOV8_LAYOUTS)
+        scale = yaml.get("scale")
+        if scale not in YOLOV8_SCALES:
+            scale = None
+    else:
+        raise UserError(f"{where}: a full pickle of {cls}, which is no model yolobuild knows "
+                        f"(known: {', '.join(sorted(YOLOV5_MODEL_CLASSES | ULTRALYTICS_MODEL_CLASSES))})")
+    if layout is None or scale is None:
+        what = f"depth {yaml.get('depth_multiple')}, width {yaml.get('width_multiple')}" if family == "yolov5" \
+            else f"scale {yaml.get('scale')!r}"
+        raise UserError(f"{where}: a {cls} whose layers ({_layer_types(yaml) or 'no yaml'}; {what}) match no "
+                        f"{family} layout yolobuild builds ({', '.join(FAMILIES[family]['layouts'])}); "
+                        "for custom layers set model.source.repo=PATH")
+    nc = int(yaml.get("nc") or module_attr(head, "nc") or 0) if head is not None else int(yaml.get("nc") or 0)
+    meta: dict[str, Any] = {"family": family, "scale": scale, "layout": layout, "nc": nc,
+                            "names": _names(module_attr(model, "names"), nc), "strides": strides,
+                            "upstream": cls, "input_size": None}
+    if family == "yolov5" and head is not None and "anchors" in head._buffers and strides:
+        a = head._buffers["anchors"].float()
+        px = (a * a.new_tensor(strides).view(-1, 1, 1)).view(a.shape[0], -1)
+        meta["anchors"] = [[round(float(v), 4) for v in row] for row in px]
+    args = module_attr(model, "args")
+    if args is not None and not isinstance(args, dict):
+        args = getattr(args, "__dict__", None)
+    size = None
+    for src in (args, container.get("train_args") if isinstance(container, dict) else None,
+                container.get("opt") if isinstance(container, dict) else None):
+        if isinstance(src, dict):
+            size = _imgsz(src.get("imgsz", src.get("img_size")))
+            if size:
+                break
+    meta["input_size"] = size
+    return meta, sd

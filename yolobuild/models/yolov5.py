@@ -1,0 +1,259 @@
+"""YOLOv5 (ultralytics/yolov5 v5.0 Focus era and v6.0+ SPPF era), written for yolobuild.
+
+Module names, attribute names and the state_dict key layout follow upstream
+(`model.{i}.conv.weight`, `model.24.m.{j}.weight`, `model.24.anchors`) so that real
+checkpoints load into these classes unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .graph import SequentialDetector
+
+from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES
+
+
+def autopad(k: int, p: int | None = None) -> int:
+    return k // 2 if p is None else p
+
+
+class Conv(nn.Module):
+    """Conv2d + BatchNorm2d + SiLU, upstream's basic block."""
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
+        self.act = nn.SiLU() if act is True else (act if isinstance(act, nn.Module) else nn.Identity())
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x):
+        return self.act(self.conv(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
+
+
+class C3(nn.Module):
+    """CSP bottleneck with three convolutions."""
+
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(2 * c_, c2, 1)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+
+    def forward(self, x):
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class SPP(nn.Module):
+    """Spatial pyramid pooling (v5.0 era)."""
+
+    def __init__(self, c1, c2, k=(5, 9, 13)):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
+        self.m = nn.ModuleList([nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k])
+
+    def forward(self, x):
+        x = self.cv1(x)
+        return self.cv2(torch.cat([x] + [m(x) for m in self.m], 1))
+
+
+class SPPF(nn.Module):
+    """Fast SPP (v6.0+): three chained 5x5 max-pools, equal to SPP(5, 9, 13)."""
+
+    def __init__(self, c1, c2, k=5):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+class Focus(nn.Module):
+    """Space-to-depth then conv (v5.0 era stem)."""
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
+        super().__init__()
+        self.conv = Conv(c1 * 4, c2, k, s, p, g, act)
+
+    def forward(self, x):
+        return self.conv(torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1))
+
+
+class Concat(nn.Module):
+    def __init__(self, dimension=1):
+        super().__init__()
+        self.d = dimension
+
+    def forward(self, x):
+        return torch.cat(x, self.d)
+
+
+class Detect(nn.Module):
+    """Anchor-based YOLOv5 head.
+
+    `layout` selects what forward returns outside training: `decoded` (upstream's eval
+    output, one (bs, N, 5+nc) tensor), `raw` (the per-level conv outputs, decode on the
+    host) or `split` (decoded, with xy / wh / conf kept apart). Decode uses no in-place
+    slice writes, so exported graphs carry no ScatterND.
+    """
+
+    stride = None
+
+    def __init__(self, nc=80, anchors=(), ch=()):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.layout = "decoded"
+
+    def forward(self, x):
+        x = [self.m[i](x[i]) for i in range(self.nl)]
+        if self.training:
+            return [self._to_5d(t) for t in x]
+        if self.layout == "raw":
+            return tuple(x)
+        xys, whs, confs = [], [], []
+        for i, t in enumerate(x):
+            bs, _, ny, nx = t.shape
+            y = self._to_5d(t).sigmoid()
+            grid, anchor_grid = self._make_grid(nx, ny, i, t.dtype, t.device)
+            xys.append(((y[..., 0:2] * 2 + grid) * self.stride[i]).reshape(bs, -1, 2))
+            whs.append(((y[..., 2:4] * 2) ** 2 * anchor_grid).reshape(bs, -1, 2))
+            confs.append(y[..., 4:].reshape(bs, -1, self.no - 4))
+        xy, wh, conf = torch.cat(xys, 1), torch.cat(whs, 1), torch.cat(confs, 1)
+        if self.layout == "split":
+            return xy, wh, conf
+        return torch.cat((xy, wh, conf), 2)
+
+    def _to_5d(self, t):
+        bs, _, ny, nx = t.shape
+        return t.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+
+    def _make_grid(self, nx, ny, i, dtype, device):
+        """Grid offsets (already minus 0.5) and anchors in pixels, computed as constants."""
+        shape = (1, self.na, ny, nx, 2)
+        yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype),
+                                torch.arange(nx, device=device, dtype=dtype), indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+        return grid, anchor_grid
+
+
+LAYER_TYPES = {c.__name__: c for c in (Conv, Bottleneck, C3, SPP, SPPF, Focus, Concat, Detect)}
+LAYER_TYPES["nn.Upsample"] = nn.Upsample
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    return int(math.ceil(x / divisor) * divisor)
+
+
+class DetectionModel(SequentialDetector):
+    """Sequential YOLOv5 graph built from an upstream-style layer table."""
+
+    def __init__(self, scale: str = "n", nc: int = 80, anchors: Sequence[Sequence[float]] | None = None,
+                 layout: str = "v6", ch: int = 3):
+        super().__init__()
+        if scale not in YOLOV5_SCALES:
+            raise ValueError(f"unknown YOLOv5 scale {scale!r}; choose one of {sorted(YOLOV5_SCALES)}")
+        if layout not in YOLOV5_LAYOUTS:
+            raise ValueError(f"unknown YOLOv5 layout {layout!r}; choose one of {sorted(YOLOV5_LAYOUTS)}")
+        self.yaml = {"scale": scale, "nc": nc, "layout": layout,
+                     "anchors": [list(map(float, a)) for a in
+                                 (anchors or FAMILIES["yolov5"]["layouts"][layout]["anchors"])]}
+        self.model, self.save = self._build(YOLOV5_LAYOUTS[layout], *YOLOV5_SCALES[scale], nc,
+                                            self.yaml["anchors"], ch)
+        self.names = [str(i) for i in range(nc)]
+        detect = self.model[-1]
+        probe = 256
+        self.eval()
+        with torch.no_grad():
+            detect.layout = "raw"
+            outs = self.forward(torch.zeros(1, ch, probe, probe))
+            detect.layout = "decoded"
+        detect.stride = torch.tensor([probe / o.shape[-2] for o in outs])
+        detect.anchors /= detect.stride.view(-1, 1, 1)
+        self.stride = detect.stride
+        self._init_biases()
+        self.train()
+
+    @staticmethod
+    def _build(table, depth_multiple, width_multiple, nc, anchors, ch_in):
+        layers, save, ch = [], [], [ch_in]
+        for i, (f, n, type_name, args) in enumerate(table):
+            cls = LAYER_TYPES[type_name]
+            args = [nc if a == "nc" else anchors if a == "anchors" else a for a in args]
+            n = max(round(n * depth_multiple), 1) if n > 1 else n
+            if cls in (Conv, Bottleneck, C3, SPP, SPPF, Focus):
+                c1, c2 = ch[f], make_divisible(args[0] * width_multiple, 8)
+                args = [c1, c2, *args[1:]]
+                if cls is C3:
+                    args.insert(2, n)
+                    n = 1
+            elif cls is Concat:
+                c2 = sum(ch[x] for x in f)
+            elif cls is Detect:
+                args.append([ch[x] for x in f])
+                c2 = None
+            else:
+                c2 = ch[f]
+            m = nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
+            m.i, m.f, m.type = i, f, type_name
+            m.np = sum(p.numel() for p in m.parameters())
+            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+            layers.append(m)
+            if i == 0:
+                ch = []
+            ch.append(c2)
+        return nn.Sequential(*layers), sorted(save)
+
+    def _init_biases(self):
+        """Upstream's prior: objectness ~ 8 objects per 640 image, class ~ 0.6/nc."""
+        detect = self.model[-1]
+        for mi, s in zip(detect.m, detect.stride):
+            b = mi.bias.view(detect.na, -1)
+            b.data[:, 4] += math.log(8 / (640 / s) ** 2)
+            b.data[:, 5:] += math.log(0.6 / (detect.nc - 0.99999))
+            mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
+
+
+Model = DetectionModel  # name used by upstream before v6.2
+
+
+def build_yolov5(scale: str = "n", nc: int = 80, anchors=None, layout: str = "v6") -> DetectionModel:
+    return DetectionModel(scale=scale, nc=nc, anchors=anchors, layout=layout)
+
+
+def build(scale: str = "n", layout: str = "v6", nc: int = 80, anchors=None) -> DetectionModel:
+    """The family-table entry point (yolobuild.models.arch.FAMILIES['yolov5']['module'])."""
+    return DetectionModel(scale=scale, nc=nc, anchors=anchors, layout=layout)

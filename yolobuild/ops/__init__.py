@@ -1,0 +1,64 @@
+"""The op kinds a plan is made of: one table, implementations imported lazily.
+
+An op implementation is a function `run(ctx: OpContext) -> None` that reads `ctx.inputs`,
+writes every name of `ctx.outputs` (files or folders), and may put small JSON-able
+figures in `ctx.results` (they are cached with the outputs and land in the manifest).
+It raises `UserError` for bad user input (exit 2), `ToolchainError` / `CheckFailed` (exit 3).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class OpKind:
+    impl: str                 # "module:function"
+    version: int              # bump when the implementation's output changes
+    tools: tuple[str, ...]    # distributions whose versions enter the fingerprint
+    cacheable: bool = True
+
+
+# Host ops. Toolchain ops (quantize, compile, simulate, handoff) come from yolobuild.toolchains.
+OP_KINDS: dict[str, OpKind] = {
+    "generate_dataset": OpKind("yolobuild.ops.inputs:generate_dataset", 1, ("numpy", "pillow")),
+    "load_model": OpKind("yolobuild.ops.model:load_model", 1, ("torch",)),
+    "patch": OpKind("yolobuild.ops.model:patch", 1, ("torch",)),
+    "export_onnx": OpKind("yolobuild.ops.export:export_onnx", 1, ("torch", "onnx")),
+    "export_torchscript": OpKind("yolobuild.ops.export:export_torchscript", 1, ("torch",)),
+    "simplify": OpKind("yolobuild.ops.export:simplify", 1, ("onnx", "onnxslim")),
+    "prepare_inputs": OpKind("yolobuild.ops.inputs:prepare_inputs", 1, ("numpy", "pillow")),
+    "calibrate": OpKind("yolobuild.ops.inputs:calibrate", 1, ("numpy", "pillow")),
+    "reference": OpKind("yolobuild.ops.reference:reference", 1, ("torch",)),
+    "check_parity": OpKind("yolobuild.ops.check:check_parity", 1, ("numpy",)),
+    "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval")),
+    "package": OpKind("yolobuild.ops.package:package", 1, ()),
+    # hand-off builds: a generic int8 fake-quant of the exported ONNX on the host, labelled a preview
+    "preview": OpKind("yolobuild.ops.preview:preview", 1, ("onnxruntime", "onnx", "numpy", "faster-coco-eval")),
+}
+
+
+@dataclass
+class OpContext:
+    """What one op run sees: its params, input paths, where to write, and a results dict."""
+
+    op_id: str
+    kind: str
+    params: dict[str, Any]
+    inputs: dict[str, Path]
+    outputs: dict[str, Path]
+    scratch: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+    log_file: Path | None = None   # where a tool's own output goes; kept after the op (build folder logs/)
+
+    def __post_init__(self):
+        if self.log_file is None:
+            self.log_file = self.scratch / f"{self.op_id}.log"
+
+
+def resolve_impl(impl: str) -> Callable[[OpContext], None]:
+    module, func = impl.split(":")
+    return getattr(importlib.import_module(module), func)

@@ -1,0 +1,205 @@
+"""Input ops: generated data sets, the probe images (parity / evaluation) and the calibration set.
+
+Every image goes through `runtime.preprocess.letterbox` once, here; later ops only turn the
+stored uint8 canvases into the network input with `canvas_to_input`, so calibration, the
+PyTorch reference and the built model all see exactly the same numbers.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from . import OpContext
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def save_npz(path, **arrays) -> None:
+    """np.savez with fixed zip timestamps and order, so equal arrays give equal bytes (the engine hashes them)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def canvas_to_input(canvases: np.ndarray, scale: float = 1 / 255.0) -> np.ndarray:
+    """(N, H, W, 3) uint8 letterboxed RGB -> (N, 3, H, W) float32 network input (x * scale).
+
+    Division by 1/scale in float32, so scale 1/255 gives the very numbers of runtime.preprocess.to_tensor.
+    """
+    c = np.asarray(canvases)
+    if c.ndim == 3:
+        c = c[None]
+    return np.ascontiguousarray(c.transpose(0, 3, 1, 2)).astype(np.float32) / np.float32(1.0 / float(scale))
+
+
+def _check_preprocess(p: dict) -> None:
+    if p.get("resize", "letterbox") != "letterbox":
+        raise UserError(f"dataset.preprocess.resize: {p['resize']!r} is not supported; allowed: letterbox")
+    if p.get("color", "rgb") != "rgb":
+        raise UserError(f"dataset.preprocess.color: {p['color']!r} is not supported; allowed: rgb")
+
+
+def resolve_image_set(source: Path, key: str) -> tuple[list[Path], Path | None, Path]:
+    """An image source -> (sorted image paths, annotations.json if it is a generated set, image root)."""
+    from ..runtime.preprocess import list_images
+
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"{key}: {source} does not exist")
+    if source.is_dir() and (source / "images").is_dir() and (source / "annotations.json").is_file():
+        root = source / "images"
+        return list_images(root), source / "annotations.json", root
+    try:
+        images = list_images(source)
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{key}: {source} is neither a folder nor a readable list file of image paths "
+                        f"({exc.__class__.__name__})") from None
+    return images, None, source if source.is_dir() else source.parent
+
+
+def load_letterboxed(path: Path, height: int, width: int, pad_value: int, key: str):
+    from ..runtime.preprocess import letterbox, load_rgb
+
+    try:
+        rgb = load_rgb(path)
+    except ValueError as exc:
+        raise UserError(f"{key}: {exc}") from None
+    canvas, box = letterbox(rgb, int(height), int(width), int(pad_value))
+    return canvas, box, rgb.shape[:2]
+
+
+def _annotation_path(path: Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        if (path / "annotations.json").is_file():
+            return path / "annotations.json"
+        raise UserError(f"dataset.eval.annotations: {path} is a folder without annotations.json")
+    return path
+
+
+def read_coco(path: Path, key: str = "dataset.eval.annotations") -> dict:
+    path = _annotation_path(path)
+    try:
+        coco = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{key}: {path}: not a readable COCO json ({exc.__class__.__name__})") from None
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise UserError(f"{key}: {path}: not a COCO json (no 'images' list)")
+    return coco
+
+
+# --------------------------------------------------------------------------- ops
+
+def generate_dataset(ctx: OpContext) -> None:
+    from ..data import shapes
+
+    p = ctx.params
+    if p.get("kind", "shapes") != "shapes":
+        raise UserError(f"dataset.generator.kind: {p['kind']!r} is not supported; allowed: shapes")
+    counts = {}
+    for split, count_key in (("calib", "calib_count"), ("eval", "eval_count")):
+        out = ctx.outputs[split]
+        shapes.generate(out, split=split, count=int(p[count_key]), size=int(p["size"]), seed=int(p["seed"]))
+        coco = json.loads((out / "annotations.json").read_text())
+        counts[split] = {"images": len(coco["images"]), "objects": len(coco["annotations"])}
+    ctx.results.update(counts)
+
+
+def prepare_inputs(ctx: OpContext) -> None:
+    p = ctx.params
+    _check_preprocess(p)
+    key = "dataset.eval.images"
+    images, generated_ann, root = resolve_image_set(ctx.inputs["images"], key)
+    ann_path = ctx.inputs.get("annotations") or generated_ann
+    ids: list[int]
+    if ann_path is not None:
+        coco = read_coco(ann_path)
+        by_name: dict[str, int] = {}
+        for im in coco["images"]:
+            by_name.setdefault(str(im["file_name"]).replace("\\", "/"), int(im["id"]))
+        by_base: dict[str, int] = {}
+        for name, iid in by_name.items():
+            by_base.setdefault(name.rsplit("/", 1)[-1], iid)
+        matched, ids = [], []
+        for path in images:
+            try:
+                rel = path.relative_to(root).as_posix()
+            except ValueError:
+                rel = path.name
+            iid = by_name.get(rel, by_name.get(path.name, by_base.get(path.name)))
+            if iid is not None:
+                matched.append(path)
+                ids.append(iid)
+        if images and not matched:
+            raise UserError(f"dataset.eval.annotations: {_annotation_path(ann_path)} names none of the "
+                            f"{len(images)} images under {ctx.inputs['images']} (file_name e.g. "
+                            f"{next(iter(by_name), '?')!r}, image e.g. {images[0].name!r})")
+        if len(matched) < len(images):
+            ctx.log(f"prepare_inputs: {len(images) - len(matched)} image(s) have no entry in the annotations; skipped")
+        images = matched
+    else:
+        ids = list(range(len(images)))
+    limit = p.get("eval_count")
+    if limit is not None:
+        images, ids = images[:int(limit)], ids[:int(limit)]
+    if not images:
+        raise UserError(f"{key}: {ctx.inputs['images']} holds no images")
+
+    h, w, pad = int(p["height"]), int(p["width"]), int(p["pad_value"])
+    canvases = np.empty((len(images), h, w, 3), dtype=np.uint8)
+    boxes = np.empty((len(images), 3), dtype=np.float32)
+    sizes = np.empty((len(images), 2), dtype=np.int64)
+    for i, path in enumerate(images):
+        canvases[i], box, sizes[i] = load_letterboxed(path, h, w, pad, key)
+        boxes[i] = (box.scale, box.pad_x, box.pad_y)
+    names = []
+    for path in images:
+        try:
+            names.append(path.relative_to(root).as_posix())
+        except ValueError:
+            names.append(str(path))
+    parity = min(int(p.get("parity_count") or len(images)), len(images))
+    save_npz(ctx.outputs["probe.npz"], images=canvases, letterbox=boxes, image_ids=np.asarray(ids, dtype=np.int64),
+             file_names=np.asarray(names, dtype=str), image_hw=sizes,
+             parity_count=np.asarray(parity, dtype=np.int64), input_scale=np.asarray(float(p["scale"])))
+    ctx.results.update({"images": len(images), "parity_images": parity, "annotated": ann_path is not None})
+
+
+def calibrate(ctx: OpContext) -> None:
+    p = ctx.params
+    _check_preprocess(p)
+    key = "dataset.calib.path"
+    images, _, _ = resolve_image_set(ctx.inputs["images"], key)
+    count = int(p["count"])
+    if not images:
+        raise UserError(f"{key}: {ctx.inputs['images']} holds no images; the calibration set is empty")
+    if count < 1:
+        raise UserError(f"dataset.calib.count: {count} is too small; allowed: >= 1")
+    available = len(images)
+    images = images[:count]
+    h, w, pad = int(p["height"]), int(p["width"]), int(p["pad_value"])
+    canvases = np.empty((len(images), h, w, 3), dtype=np.uint8)
+    for i, path in enumerate(images):
+        canvases[i] = load_letterboxed(path, h, w, pad, key)[0]
+    if count > available:
+        ctx.log(f"calibrate: {count} images asked for, {available} available; using all")
+    save_npz(ctx.outputs["calib.npz"], images=canvases, input_scale=np.asarray(float(p["scale"])))
+    ctx.results.update({"images": len(images), "requested": count})

@@ -1,0 +1,101 @@
+"""Package a compiled model with what an application needs to feed it and decode its outputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from . import OpContext
+
+DEPLOY_FORMAT = "yolobuild-deploy/1"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _onnx_io(path: Path) -> tuple[list[dict], list[dict]] | None:
+    """Input / output names, shapes and element types of an ONNX file, or None when unreadable."""
+    try:
+        import onnx
+        from onnx.helper import tensor_dtype_to_np_dtype
+    except ImportError:
+        return None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None
+
+    def desc(v):
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        try:
+            dtype = tensor_dtype_to_np_dtype(t.elem_type).name
+        except (KeyError, TypeError, ValueError):
+            dtype = None
+        return {"name": v.name, "shape": shape, "dtype": dtype}
+
+    init = {i.name for i in proto.graph.initializer}
+    return [desc(v) for v in proto.graph.input if v.name not in init], [desc(v) for v in proto.graph.output]
+
+
+def package(ctx: OpContext) -> None:
+    from .export import INPUT_NAME, output_names
+
+    p = ctx.params
+    meta = json.loads(Path(ctx.inputs["meta"]).read_text())
+    model_path = Path(ctx.inputs["model"])
+    out = Path(ctx.outputs["deploy"])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    files = [model_path]
+    for name in p.get("compiled") or []:      # multi-file artifacts (model.xml + model.bin) sit side by side
+        sibling = model_path.parent / name
+        if sibling != model_path and sibling.is_file():
+            files.append(sibling)
+    copied = {}
+    for f in files:
+        shutil.copyfile(f, out / f.name)
+        copied[f.name] = _sha256(out / f.name)
+    (out / "labels.txt").write_text("".join(f"{n}\n" for n in meta["names"]))
+
+    h, w = int(p["height"]), int(p["width"])
+    layout = p.get("input_layout", "nchw_float32")
+    io = _onnx_io(model_path) if model_path.suffix == ".onnx" else None
+    if io:
+        inputs, outputs = io
+    else:
+        shape = [1, 3, h, w] if layout == "nchw_float32" else [1, h, w, 3]
+        inputs = [{"name": INPUT_NAME, "shape": shape, "dtype": "float32" if layout == "nchw_float32" else "uint8"}]
+        outputs = [{"name": n, "shape": None, "dtype": None} for n in output_names(p["head"], meta["strides"])]
+    deploy = {
+        "format": DEPLOY_FORMAT,
+        "model": {"file": model_path.name, "files": copied, "toolchain": p.get("toolchain"),
+                  "platform": p.get("platform"), "precision": p.get("precision"),
+                  "options": p.get("options") or {}},
+        "input": {**inputs[0], "layout": layout, "height": h, "width": w},
+        "preprocessing": {"resize": p.get("resize", "letterbox"), "color": p.get("color", "rgb"),
+                          "scale": p.get("scale"), "pad_value": p.get("pad_value"),
+                          "letterbox": "resize keeping aspect ratio, centre, pad; boxes map back as "
+                                       "(x - pad_x) / scale, (y - pad_y) / scale"},
+        "head": {"layout": p["head"], "outputs": outputs,
+                 "decode": {"raw": "per level (strides order): view (bs, na, 5+nc, ny, nx), sigmoid all; "
+                                   "xy = (2 s_xy - 0.5 + [col, row]) * stride; wh = (2 s_wh)^2 * anchors_px[level][a]; "
+                                   "then objectness, class scores",
+                            "split": "xy, wh in input pixels (centre, size); conf = objectness then class scores",
+                            "decoded": "(x, y, w, h, objectness, class scores...) in input pixels"}[p["head"]],
+                 "anchors_px": meta["anchors_px"], "strides": meta["strides"]},
+        "nc": meta["nc"],
+        "names": meta["names"],
+        "model_source": {k: meta.get(k) for k in ("family", "scale", "layout", "source", "random")},
+    }
+    (out / "deploy.json").write_text(json.dumps(deploy, indent=2) + "\n")
+    ctx.results.update({"files": sorted(copied) + ["deploy.json", "labels.txt"],
+                        "model_bytes": sum((out / f).stat().st_size for f in copied)})

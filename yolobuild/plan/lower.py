@@ -1,0 +1,186 @@
+"""Lower a validated config into a Plan of typed ops. Pure data work: no torch, no numpy."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..ops import OP_KINDS
+from ..toolchains import TOOLCHAINS
+from ..compose import MISSING
+from ..validate import ASSETS_DIR, BUILTIN_PREFIX, thaw
+from .ir import Op, Plan, Ref
+
+
+def build_name(cfg: Mapping) -> str:
+    return (f"{cfg['recipe']}_{cfg['target']['name']}_{cfg['precision']['name']}_"
+            f"{cfg['input']['height']}x{cfg['input']['width']}")
+
+
+def weights_ref(weights: str) -> Ref | None:
+    if weights == "random":
+        return None
+    if weights == MISSING:
+        return Ref(kind="unset")
+    if weights.startswith(BUILTIN_PREFIX):
+        return Ref(path=str(ASSETS_DIR / f"{weights[len(BUILTIN_PREFIX):]}.pt"))
+    return Ref(path=str(Path(weights).expanduser().resolve()))
+
+
+class _Builder:
+    def __init__(self):
+        self.ops: list[Op] = []
+
+    def add(self, op_id: str, kind: str, params: dict, inputs: dict[str, Ref], outputs: tuple[str, ...],
+            final: tuple[str, ...] = (), toolchain: str | None = None) -> str:
+        if toolchain:
+            spec = TOOLCHAINS[toolchain]
+            env, tools, version = spec.env, spec.tools, spec.op_version
+        else:
+            k = OP_KINDS[kind]
+            env, tools, version = "host", k.tools, k.version
+        self.ops.append(Op(id=op_id, kind=kind, params=params, inputs=inputs, outputs=outputs,
+                           env=env, tools=tools, version=version, final=final, toolchain=toolchain))
+        return op_id
+
+
+def lower(config: Mapping) -> Plan:
+    cfg: dict[str, Any] = thaw(config)
+    model, ds, prec, target = cfg["model"], cfg["dataset"], cfg["precision"], cfg["target"]
+    size = {"height": cfg["input"]["height"], "width": cfg["input"]["width"]}
+    b = _Builder()
+
+    # -- data: generated shapes, or the user's folders --------------------------------------------
+    gen = ds["generator"]
+    parity_n = cfg["check"]["parity_images"]
+    notes = []
+    evaluating = bool(cfg["evaluate"]["enabled"] and (gen or ds["eval"]["annotations"]))
+    if evaluating and model["weights"] == "random":
+        evaluating = False
+        notes.append("evaluate skipped: random weights detect nothing worth a mAP")
+    if evaluating and gen and model["names"] != ds["classes"]:
+        evaluating = False
+        notes.append(f"evaluate skipped: the model's classes ({model['nc']}) are not the {ds['name']} set's "
+                     f"({', '.join(ds['classes'] or [])}); set dataset.eval.images/annotations for your own set")
+    if gen:  # generate only what this build reads: calibration images for int8, eval or parity images
+        b.add("generate_dataset", "generate_dataset",
+              {"kind": gen["kind"], "seed": gen["seed"], "size": gen["size"],
+               "calib_count": gen["calib_count"] if prec["calibration"] else 0,
+               "eval_count": gen["eval_count"] if evaluating else min(parity_n, gen["eval_count"])},
+              {}, ("calib", "eval"))
+        calib_ref, eval_ref = Ref("generate_dataset", "calib"), Ref("generate_dataset", "eval")
+    else:
+        calib_ref = Ref(path=str(Path(ds["calib"]["path"]).expanduser().resolve()), kind="images") \
+            if ds["calib"]["path"] else None
+        if ds["eval"]["images"]:
+            eval_ref = Ref(path=str(Path(ds["eval"]["images"]).expanduser().resolve()), kind="images")
+        else:  # no eval set: parity still needs real-looking images, so generate a few shapes
+            b.add("generate_dataset", "generate_dataset",
+                  {"kind": "shapes", "seed": 0, "size": max(size.values()), "calib_count": 0, "eval_count": parity_n},
+                  {}, ("calib", "eval"))
+            eval_ref = Ref("generate_dataset", "eval")
+    annotations_ref = None
+    if ds["eval"]["annotations"]:
+        annotations_ref = Ref(path=str(Path(ds["eval"]["annotations"]).expanduser().resolve()))
+
+    # -- model: load, patch, export ---------------------------------------------------------------
+    w = weights_ref(model["weights"])
+    b.add("load_model", "load_model",
+          {"family": model["family"], "scale": model["scale"], "layout": model["layout"], "nc": model["nc"],
+           "names": model["names"], "anchors": model["anchors"], "random": model["weights"] == "random",
+           "seed": 0, "trust_checkpoint": model["trust_checkpoint"],
+           **({"source_repo": model["source"]["repo"]} if (model.get("source") or {}).get("repo") else {})},
+          {"weights": w} if w else {}, ("model.pt", "model.json"), final=("model.json",))
+    b.add("patch", "patch",
+          {"head": cfg["graph"]["head"], "patches": cfg["graph"]["patches"], "fuse": cfg["graph"]["fuse"], **size},
+          {"model": Ref("load_model", "model.pt")}, ("patched.pt", "patch_check.json"))
+    fmt = cfg["frontend"]["format"]
+    b.add("export_onnx", "export_onnx",
+          {"opset": cfg["frontend"]["opset"], "head": cfg["graph"]["head"], "batch": cfg["input"]["batch"], **size},
+          {"model": Ref("patch", "patched.pt")}, ("model.onnx",), final=("model.onnx",) if fmt == "onnx" else ())
+    onnx_ref = Ref("export_onnx", "model.onnx")
+    if cfg["frontend"]["simplify"]:
+        b.add("simplify", "simplify", {}, {"model": onnx_ref}, ("model.onnx",), final=("model.onnx",))
+        onnx_ref = Ref("simplify", "model.onnx")
+    tc_name = cfg["backend"]["toolchain"]   # the target's toolchain unless backend.toolchain picks another
+    tc = TOOLCHAINS[tc_name]
+    if fmt == "torchscript" or "torchscript" in tc.exports:
+        b.add("export_torchscript", "export_torchscript", {"batch": cfg["input"]["batch"], **size},
+              {"model": Ref("patch", "patched.pt")}, ("model.torchscript.pt",), final=("model.torchscript.pt",))
+
+    # -- probe images and the PyTorch reference -----------------------------------------------------
+    pre = {**size, **ds["preprocess"]}
+    b.add("prepare_inputs", "prepare_inputs",
+          {**pre, "parity_count": parity_n, "eval_count": None if evaluating else parity_n},
+          {"images": eval_ref, **({"annotations": annotations_ref} if annotations_ref else {})}, ("probe.npz",))
+    b.add("reference", "reference", {"conf_thres": cfg["evaluate"]["conf_thres"], "iou_thres": cfg["evaluate"]["iou_thres"]},
+          {"model": Ref("load_model", "model.pt"), "probe": Ref("prepare_inputs", "probe.npz")}, ("reference.npz",))
+
+    # -- toolchain: calibrate, quantize, compile, simulate -----------------------------------------
+    model_ref = onnx_ref
+    common = {"platform": target["platform"], "precision": prec["name"], "input_layout": target["input_layout"],
+              "head": cfg["graph"]["head"], "options": cfg["backend"]["options"], **pre}
+    if prec["calibration"]:
+        b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref}, ("calib.npz",))
+        if tc.quantize_step:
+            b.add("quantize", "quantize", common, {"model": model_ref, "calib": Ref("calibrate", "calib.npz")},
+                  ("model.onnx",), toolchain=tc_name)
+            model_ref = Ref("quantize", "model.onnx")
+    compile_inputs = {"model": model_ref}
+    if prec["calibration"] and not tc.quantize_step:
+        compile_inputs["calib"] = Ref("calibrate", "calib.npz")
+    handoff = tc.env == "handoff" or target["availability"] == "handoff"
+    if handoff:  # a bundle for the vendor's docker (toolchains/handoff.py), and a host int8 preview
+        _lower_handoff(b, cfg, tc_name, common, onnx_ref, evaluating, annotations_ref)
+        return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="handoff", notes=tuple(notes))
+    b.add("compile", "compile", common, compile_inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
+    if not handoff:
+        sim_inputs = {"model": Ref("compile", tc.compiled[0]), "probe": Ref("prepare_inputs", "probe.npz")}
+        if tc.simulate_rebuilds:
+            sim_inputs.update({"source": compile_inputs["model"],
+                               **({"calib": compile_inputs["calib"]} if "calib" in compile_inputs else {})})
+        b.add("simulate", "simulate", common, sim_inputs, ("outputs.npz",), toolchain=tc_name)
+        b.add("check_parity", "check_parity",
+              {"head": cfg["graph"]["head"], "thresholds": target["parity"][prec["name"]], "count": parity_n},
+              {"outputs": Ref("simulate", "outputs.npz"), "reference": Ref("reference", "reference.npz"),
+               "meta": Ref("load_model", "model.json")}, ("parity.json",), final=("parity.json",))
+        if evaluating:
+            b.add("evaluate", "evaluate",
+                  {"head": cfg["graph"]["head"], "conf_thres": cfg["evaluate"]["conf_thres"],
+                   "iou_thres": cfg["evaluate"]["iou_thres"]},
+                  {"outputs": Ref("simulate", "outputs.npz"), "reference": Ref("reference", "reference.npz"),
+                   "meta": Ref("load_model", "model.json"), "probe": Ref("prepare_inputs", "probe.npz"),
+                   "annotations": annotations_ref or Ref("generate_dataset", "eval")}, ("metrics.json",),
+                  final=("metrics.json",))
+    b.add("package", "package", {**common, "toolchain": tc_name, "compiled": list(tc.compiled)},
+          {"model": Ref("compile", tc.compiled[0]), "meta": Ref("load_model", "model.json")}, ("deploy",),
+          final=("deploy",))
+    return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="handoff" if handoff else "compiled",
+                notes=tuple(notes))
+
+
+def _lower_handoff(b: _Builder, cfg: dict, tc_name: str, common: dict, onnx_ref: Ref, evaluating: bool,
+                   annotations_ref: Ref | None) -> None:
+    from ..toolchains.handoff import detect
+
+    tc, prec = TOOLCHAINS[tc_name], cfg["precision"]
+    inputs = {"model": onnx_ref, "patched": Ref("patch", "patched.pt"), "meta": Ref("load_model", "model.json")}
+    if "torchscript" in tc.exports or cfg["frontend"]["format"] == "torchscript":
+        inputs["torchscript"] = Ref("export_torchscript", "model.torchscript.pt")
+    if prec["calibration"]:
+        inputs["calib"] = Ref("calibrate", "calib.npz")
+    params = {**common, "toolchain": tc_name, "name": f"{cfg['recipe']}_{cfg['target']['name']}_{prec['name']}",
+              "batch": cfg["input"]["batch"], "fuse": cfg["graph"]["fuse"], "patches": cfg["graph"]["patches"],
+              "vendor_tool": detect(tc_name, cfg["backend"]["options"])}
+    b.add("handoff", "handoff", params, inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
+    if prec["name"] != "int8":
+        return
+    # int8 preview: the same ONNX through a generic per-channel int8 fake-quant on the host, from the
+    # bundle's own calibration set, checked like a real build; labelled a preview, never a result
+    b.add("preview", "preview",
+          {"head": cfg["graph"]["head"], "scale": common["scale"], "count": cfg["check"]["parity_images"],
+           "conf_thres": cfg["evaluate"]["conf_thres"], "iou_thres": cfg["evaluate"]["iou_thres"],
+           "thresholds": cfg["target"]["parity"].get(prec["name"]), "evaluate": evaluating},
+          {"model": onnx_ref, "calib": Ref("calibrate", "calib.npz"), "probe": Ref("prepare_inputs", "probe.npz"),
+           "reference": Ref("reference", "reference.npz"), "meta": Ref("load_model", "model.json"),
+           **({"annotations": annotations_ref or Ref("generate_dataset", "eval")} if evaluating else {})},
+          ("preview.json",), final=("preview.json",))

@@ -1,0 +1,289 @@
+"""ONNX Runtime on the host CPU: static QDQ int8 quantization, an optimized model, and its outputs.
+
+The calibration reader, the simulator and the PyTorch reference all build the network input
+with `ops.inputs.canvas_to_input` from the same letterboxed uint8 canvases.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ToolchainError, UserError
+from ..ops import OpContext
+from ..ops.export import quiet
+from ..ops.inputs import canvas_to_input, load_npz, save_npz
+
+OPTIONS = {
+    "calibrate_method": ("minmax", "entropy", "percentile"),
+    "per_channel": (True, False),
+    "reduce_range": (False, True),
+    "percentile": None,           # percentile method only, default 99.999
+    "num_bins": None,             # entropy method only: histogram bins, default 512 (time grows with the square)
+    "pre_process": (True, False),  # run quant_pre_process (shape inference + basic optimization) first
+    "fp32_head": (True, False),    # keep the detection head (output convs and any decode after them) in float
+}
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:limit]}"
+
+
+def _session(model, optimization: str = "all", optimized_path: Path | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ToolchainError(f"onnxruntime: cannot load {Path(model).name}: {_one_line(exc)}") from None
+
+
+def _options(params: dict) -> dict:
+    opts = dict(params.get("options") or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"backend.options.{unknown[0]}: not an onnxruntime option; allowed: {', '.join(OPTIONS)}")
+    out = {"calibrate_method": "minmax", "per_channel": True, "reduce_range": False, "percentile": 99.999,
+           "num_bins": 512, "pre_process": True, "fp32_head": True}
+    out.update(opts)
+    for key, allowed in OPTIONS.items():
+        if allowed is not None and out[key] not in allowed:
+            raise UserError(f"backend.options.{key}: {out[key]!r} is not allowed; "
+                            f"allowed: {', '.join(map(str, allowed))}")
+    if isinstance(out["num_bins"], bool) or not isinstance(out["num_bins"], int) or out["num_bins"] < 256:
+        raise UserError(f"backend.options.num_bins: {out['num_bins']!r} is not allowed; allowed: an integer >= 256")
+    if isinstance(out["percentile"], bool) or not isinstance(out["percentile"], (int, float)) \
+            or not 50 < out["percentile"] <= 100:
+        raise UserError(f"backend.options.percentile: {out['percentile']!r} is not allowed; allowed: 50 < p <= 100")
+    return out
+
+
+def _input_layout(params: dict) -> str:
+    layout = params.get("input_layout", "nchw_float32")
+    if layout != "nchw_float32":
+        raise UserError(f"target.input_layout: {layout!r} is not supported by the onnxruntime toolchain; "
+                        "allowed: nchw_float32")
+    return layout
+
+
+class _CalibReader:
+    """quantize_static's CalibrationDataReader over the calib.npz canvases, one image per batch."""
+
+    def __init__(self, canvases: np.ndarray, input_name: str, scale: float, batch: int):
+        self.canvases, self.input_name, self.scale, self.batch = canvases, input_name, scale, batch
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.canvases):
+            return None
+        chunk = self.canvases[self.i:self.i + self.batch]
+        self.i += self.batch
+        x = canvas_to_input(chunk, self.scale)
+        if len(x) < self.batch:  # fixed-batch model: repeat the last image
+            x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), 0)], 0)
+        return {self.input_name: x}
+
+    def rewind(self):
+        self.i = 0
+
+
+def _input_info(model_path: Path) -> tuple[str, list]:
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in init]
+    if len(inputs) != 1:
+        raise ToolchainError(f"onnxruntime: expected one graph input, found {[v.name for v in inputs]}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    return inputs[0].name, dims
+
+
+def _op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def _head_nodes(model_path: Path, out_path: Path) -> list[str]:
+    """Names of the nodes from the last Conv before each graph output to that output (the detection head).
+
+    One activation scale per output tensor is what costs YOLO int8 most: a raw level packs box, objectness
+    and class logits into one tensor, a decoded head packs pixels and probabilities. Unnamed nodes get names
+    (written to out_path) so they can be excluded.
+    """
+    import onnx
+
+    proto = onnx.load(str(model_path))
+    g = proto.graph
+    for i, node in enumerate(g.node):
+        if not node.name:
+            node.name = f"yolobuild_node_{i}"
+    producer = {o: n for n in g.node for o in n.output}
+    seen: dict[str, None] = {}
+    stack = [o.name for o in g.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen[node.name] = None
+        if node.op_type != "Conv":
+            stack.extend(node.input)
+    onnx.save(proto, str(out_path))
+    by_name = {n.name: n for n in g.node}
+    if not any(by_name[name].op_type == "Conv" for name in seen):
+        return []  # no conv head in front of the outputs: nothing to keep in float
+    return list(seen)
+
+
+def _entropy_ranges(model: Path, reader, scratch: Path, num_bins: int, cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    ops = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    calibrator = create_calibrator(Path(model), ops, augmented_model_path=str(scratch / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"num_bins": num_bins, "num_quantized_bins": 128})
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
+
+
+def quantize(ctx: OpContext) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    p = ctx.params
+    _input_layout(p)
+    if p.get("precision") != "int8":
+        raise UserError(f"precision: {p.get('precision')!r} is not supported by onnxruntime quantize; allowed: int8")
+    opts = _options(p)
+    src = Path(ctx.inputs["model"])
+    calib = load_npz(ctx.inputs["calib"])["images"]
+    if not len(calib):
+        raise UserError("dataset.calib: the calibration set is empty")
+    input_name, dims = _input_info(src)
+    batch = dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else 1
+    scratch = Path(ctx.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    model_in = src
+    pre_processed = False
+    if opts["pre_process"]:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = scratch / "model.pre.onnx"
+        try:
+            with quiet():
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            model_in, pre_processed = pre, True
+        except Exception as exc:  # pre-processing is an aid; quantize the exported model as is
+            ctx.log(f"quantize: quant_pre_process skipped ({_one_line(exc, 120)})")
+
+    excluded: list[str] = []
+    if opts["fp32_head"]:
+        named = scratch / "model.named.onnx"
+        excluded = _head_nodes(model_in, named)
+        model_in = named
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[opts["calibrate_method"]]
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if opts["calibrate_method"] == "percentile":
+        extra["CalibPercentile"] = float(opts["percentile"])
+    out = Path(ctx.outputs["model.onnx"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reader = _CalibReader(calib, input_name, float(p.get("scale", 1 / 255.0)), batch)
+    cache = None
+    try:
+        with quiet():
+            if opts["calibrate_method"] == "entropy":
+                # quantize_static builds its entropy calibrator with 128 histogram bins for 128 quantized
+                # bins, which leaves one candidate threshold (the full range, i.e. minmax); calibrate here
+                # with a finer histogram and hand quantize_static the ranges through its cache file
+                cache = scratch / "calibration.json"
+                cache.unlink(missing_ok=True)
+                _entropy_ranges(model_in, reader, scratch, int(opts["num_bins"]), cache)
+                reader = None
+            quantize_static(str(model_in), str(out), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=bool(opts["per_channel"]), reduce_range=bool(opts["reduce_range"]),
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method, extra_options=extra, nodes_to_exclude=excluded,
+                            **({"calibration_cache_path": str(cache)} if cache else {}))
+    except Exception as exc:
+        raise ToolchainError(f"onnxruntime: quantize_static failed: {_one_line(exc)}") from None
+    ops = _op_counts(out)
+    if not ops.get("QuantizeLinear") or not ops.get("DequantizeLinear"):
+        raise ToolchainError("onnxruntime: quantize_static produced no QuantizeLinear/DequantizeLinear nodes")
+    ctx.results.update({"calibrate_method": opts["calibrate_method"], "per_channel": bool(opts["per_channel"]),
+                        **({"num_bins": int(opts["num_bins"])} if opts["calibrate_method"] == "entropy" else {}),
+                        "calib_images": int(len(calib)), "pre_processed": pre_processed,
+                        "fp32_head_nodes": len(excluded),
+                        "QuantizeLinear": ops["QuantizeLinear"], "DequantizeLinear": ops["DequantizeLinear"],
+                        "nodes": sum(ops.values())})
+
+
+def compile(ctx: OpContext) -> None:  # noqa: A001 - the toolchain interface's name
+    import onnxruntime as ort
+
+    p = ctx.params
+    _input_layout(p)
+    src = Path(ctx.inputs["model"])
+    out = Path(ctx.outputs["model.ort.onnx"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sess = _session(src, "basic", optimized_path=out)
+    if not out.is_file():
+        raise ToolchainError("onnxruntime: the session wrote no optimized model")
+    # the optimized file must load on its own, as an application will load it
+    check = _session(out, "all")
+    ops = _op_counts(out)
+    ctx.results.update({
+        "onnxruntime": ort.__version__, "providers": sess.get_providers(), "optimization": "ORT_ENABLE_BASIC",
+        "nodes": sum(ops.values()), "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+        "inputs": {i.name: i.shape for i in check.get_inputs()},
+        "outputs": {o.name: o.shape for o in check.get_outputs()},
+    })
+
+
+def simulate(ctx: OpContext) -> None:
+    p = ctx.params
+    _input_layout(p)
+    probe = load_npz(ctx.inputs["probe"])
+    canvases = probe["images"]
+    scale = float(p.get("scale", probe.get("input_scale", 1 / 255.0)))
+    sess = _session(ctx.inputs["model"], "all")
+    inp = sess.get_inputs()
+    if len(inp) != 1:
+        raise ToolchainError(f"onnxruntime: expected one model input, found {[i.name for i in inp]}")
+    name, shape = inp[0].name, inp[0].shape
+    h, w = canvases.shape[1:3]
+    if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) and tuple(shape[2:]) != (h, w):
+        raise ToolchainError(f"onnxruntime: the model takes {shape[2]}x{shape[3]} input, the probe images are {h}x{w}")
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+    names = [o.name for o in sess.get_outputs()]
+    results: list[list[np.ndarray]] = [[] for _ in names]
+    for i in range(0, len(canvases), batch):
+        x = canvas_to_input(canvases[i:i + batch], scale)
+        real = len(x)
+        if real < batch:
+            x = np.concatenate([x, np.zeros((batch - real,) + x.shape[1:], x.dtype)], 0)
+        try:
+            outs = sess.run(names, {name: x})
+        except Exception as exc:
+            raise ToolchainError(f"onnxruntime: inference failed on probe image {i}: {_one_line(exc)}") from None
+        for k, o in enumerate(outs):
+            results[k].append(np.asarray(o)[:real])
+    arrays = {n: np.concatenate(r, 0) for n, r in zip(names, results)}
+    save_npz(ctx.outputs["outputs.npz"], __names__=np.asarray(names, dtype=str), **arrays)
+    ctx.results.update({"images": int(len(canvases)), "outputs": {n: list(a.shape) for n, a in arrays.items()}})

@@ -1,0 +1,89 @@
+"""Rockchip RKNN-Toolkit2 (rk3588 rk3576 rk3568 rk3566 rk3562 rv1106): compile + PC simulator.
+
+Host side only: prepares the inputs (the calibration list as PNGs of the exact letterboxed
+canvases, so the toolkit applies nothing but the recipe's mean/std), then runs
+rknn2_worker.py inside the isolated rknn-toolkit2 environment.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..ops import OpContext
+from ..ops.inputs import load_npz, save_npz
+from .envs import call_in_env
+
+# backend.options for this toolchain: name -> allowed values (defaults live in the target YAMLs)
+OPTIONS = {
+    "quantized_algorithm": ("normal", "kl_divergence", "mmse"),
+    "quantized_method": ("channel", "layer"),
+    "optimization_level": (0, 1, 2, 3),
+    "fp16_head": (True, False),   # int8 body, float16 head convs (hybrid quantization)
+}
+DEFAULTS = {"quantized_algorithm": "normal", "quantized_method": "channel", "optimization_level": 3,
+            "fp16_head": True}
+
+
+def _options(params: dict) -> dict:
+    opts = {**DEFAULTS, **(params.get("options") or {})}
+    for key, value in opts.items():
+        if key not in OPTIONS:
+            raise UserError(f"backend.options.{key}: not an rknn-toolkit2 option; allowed: {', '.join(OPTIONS)}")
+        if value not in OPTIONS[key]:
+            raise UserError(f"backend.options.{key}: {value!r} is not allowed; "
+                            f"allowed: {', '.join(map(str, OPTIONS[key]))}")
+    return opts
+
+
+def _request(ctx: OpContext, onnx_path: Path) -> dict:
+    p = ctx.params
+    if p["input_layout"] != "nhwc_uint8":
+        raise UserError(f"target.input_layout: rknn-toolkit2 runs nhwc_uint8 inputs, not {p['input_layout']}")
+    std = round(1.0 / float(p["scale"]), 6)
+    req = {"onnx": str(onnx_path), "platform": p["platform"], "precision": p["precision"],
+           "mean": [0.0, 0.0, 0.0], "std": [std, std, std], "quantized_dtype": "w8a8", **_options(p)}
+    if p["precision"] == "int8":
+        req["dataset"] = str(_calibration_list(ctx))
+    return req
+
+
+def _calibration_list(ctx: OpContext) -> Path:
+    """dataset.txt naming one PNG per calibration canvas: lossless, already letterboxed to the input size."""
+    from PIL import Image
+
+    canvases = load_npz(ctx.inputs["calib"])["images"]
+    folder = ctx.scratch / "calib"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, canvas in enumerate(canvases):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(canvas).save(path)
+        lines.append(str(path))
+    listing = ctx.scratch / "dataset.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def compile(ctx: OpContext) -> None:
+    req = _request(ctx, ctx.inputs["model"])
+    req["out"] = str(ctx.outputs["model.rknn"])
+    result = call_in_env(ctx, "rknn-toolkit2", "yolobuild.toolchains.rknn2_worker:compile", req)
+    ctx.results["compile"] = {"bytes": result["bytes"], "seconds_in_toolkit": result["_seconds"],
+                              **{k: req[k] for k in ("platform", "precision", "quantized_algorithm", "quantized_method")}}
+
+
+def simulate(ctx: OpContext) -> None:
+    probe = load_npz(ctx.inputs["probe"])
+    req = _request(ctx, ctx.inputs["source"])
+    images = ctx.scratch / "probe_images.npy"
+    np.save(images, probe["images"])
+    out_dir = ctx.scratch / "sim"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    req.update(images=str(images), out_dir=str(out_dir))
+    result = call_in_env(ctx, "rknn-toolkit2", "yolobuild.toolchains.rknn2_worker:simulate", req)
+    names = result["outputs"]
+    arrays = {n: np.load(out_dir / f"{i}.npy") for i, n in enumerate(names)}
+    save_npz(ctx.outputs["outputs.npz"], __names__=np.array(names), **arrays)
+    ctx.results["simulate"] = {"images": result["images"], "seconds_in_toolkit": result["_seconds"]}

@@ -1,0 +1,265 @@
+"""Runs inside the tpu-mlir environment (Python 3.10, see envs.py): TPU-MLIR's own tools, step by step.
+
+compile: model_transform (ONNX -> top MLIR) -> run_calibration (int8) -> model_deploy (-> .bmodel),
+each in its own folder under request["work"] (every step leaves hundreds of MB of clutter in its
+cwd, and finds the weight npz relative to it). Numbers at every step, as TPU-MLIR does them, but
+kept per output: the top MLIR vs ONNX Runtime, and the bmodel on the cmodel emulator vs the top
+MLIR, on the same test input.
+simulate: the bmodel on the cmodel emulator, over the probe inputs.
+
+Each cmodel step holds request["lock"] (a file in the environment's folder): a cmodel run re-points
+shared library links inside site-packages to its chip's emulator, so runs for different chips must
+not overlap. Only the standard library, numpy, onnx and onnxruntime (all in the venv) are used.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+WEIGHTS = "m_top_f32_all_weight.npz"   # written by model_transform (lower-cased model name), read from the cwd
+
+
+@contextmanager
+def _locked(path: str):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _step(name: str, cmd: list[str], cwd: Path, seconds: dict) -> None:
+    cwd.mkdir(parents=True, exist_ok=True)
+    print(f"$ (cd {cwd} && {' '.join(cmd)})", flush=True)
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, stdout=sys.stdout, stderr=subprocess.STDOUT)
+    seconds[name] = round(time.time() - start, 2)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}); its work folder: {cwd}")
+
+
+def _link_weights(src: Path, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / WEIGHTS
+    if not target.exists():
+        os.symlink(src / WEIGHTS, target)
+
+
+def _cosine(a, b) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0.0 or ny == 0.0:
+        return 1.0 if nx == ny else 0.0
+    return float(np.dot(x, y) / (nx * ny))
+
+
+def resolve(names: list[str], available) -> dict[str, str]:
+    """ONNX output name -> the name TPU-MLIR gave it: suffixes are added per step (out8 -> out8_Conv ->
+    out8_Conv_f32), so the exact name, else the shortest `name_...`."""
+    available = list(available)
+    out = {}
+    for n in names:
+        if n in available:
+            out[n] = n
+            continue
+        cands = sorted((a for a in available if a.startswith(n + "_")), key=len)
+        if not cands:
+            raise RuntimeError(f"output {n!r} not found among {', '.join(available[:12])}")
+        out[n] = cands[0]
+    return out
+
+
+def _compare(names: list[str], got: dict, ref: dict) -> dict:
+    g, r = resolve(names, got), resolve(names, ref)
+    return {"cosine": {n: _cosine(got[g[n]], ref[r[n]]) for n in names},
+            "max_abs": {n: float(abs(got[g[n]].astype("float64") - ref[r[n]].astype("float64")).max()) for n in names}}
+
+
+def _onnx_io(path: str) -> tuple[str, list[str]]:
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in inits), [o.name for o in graph.output]
+
+
+def head_ops(onnx_path: str, mlir_text: str) -> list[str]:
+    """Top-MLIR op names of the head: every op from the last convolutions to the outputs (the layers a
+    quantize_table=head keeps in higher precision). TPU-MLIR names an op `<onnx output>_<OpType>`."""
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    keep, stack = {}, [o.name for o in graph.output]
+    while stack:
+        tensor = stack.pop()
+        if tensor in keep or tensor not in producer:
+            continue
+        node = producer[tensor]
+        keep[tensor] = node.op_type
+        if node.op_type != "Conv":
+            stack.extend(node.input)
+    ops = []
+    for tensor, op_type in keep.items():
+        name = f"{tensor}_{op_type}"
+        if f'loc("{name}")' in mlir_text:
+            ops.append(name)
+    return sorted(ops)
+
+
+def _run_bmodel(model: Path, inputs_npy: Path, input_name: str, names: list[str], out_dir: Path, lock: str,
+                cwd: Path) -> dict[str, str]:
+    """The bmodel on the cmodel emulator, in a child process: `import tpu_mlir` sets LD_LIBRARY_PATH for
+    children only (the dynamic loader reads it at start-up). Returns ONNX name -> bmodel output name."""
+    import tpu_mlir  # noqa: F401  (sets TPUC_ROOT, PATH, LD_LIBRARY_PATH in os.environ for the child)
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    spec = cwd / "run.json"
+    spec.write_text(json.dumps({"model": str(model), "inputs": str(inputs_npy), "input_name": input_name,
+                                "names": names, "out_dir": str(out_dir)}))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(lock):
+        print(f"$ model_runner (in-process loop) {model} on {inputs_npy}", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "yolobuild.toolchains.tpu_mlir_worker", str(spec)], cwd=cwd,
+                              stdout=sys.stdout, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"model_runner on the cmodel failed (exit {proc.returncode})")
+    return json.loads((out_dir / "names.json").read_text())
+
+
+def _runner_main(spec_path: str) -> int:
+    """Child process: run the bmodel over every input with TPU-MLIR's model_runner, one image at a time."""
+    import numpy as np
+    import tpu_mlir
+
+    sys.path.insert(0, os.path.join(tpu_mlir.package_path, "python"))
+    from tools.model_runner import model_inference
+
+    spec = json.loads(Path(spec_path).read_text())
+    images = np.load(spec["inputs"], mmap_mode="r")
+    names, out_dir = spec["names"], Path(spec["out_dir"])
+    stacked: dict[str, list] = {n: [] for n in names}
+    mapping = None
+    for i in range(len(images)):
+        t = time.time()
+        outs = model_inference({spec["input_name"]: np.ascontiguousarray(images[i:i + 1])}, spec["model"],
+                               dump_all=False)
+        mapping = mapping or resolve(names, outs)
+        for n in names:
+            o = np.asarray(outs[mapping[n]], dtype=np.float32)
+            stacked[n].append(o.reshape(o.shape[1:]) if o.shape[:1] == (1,) else o)
+        print(f"cmodel image {i + 1}/{len(images)}: {time.time() - t:.1f} s", flush=True)
+    for i, n in enumerate(names):
+        np.save(out_dir / f"{i}.npy", np.stack(stacked[n]))
+    (out_dir / "names.json").write_text(json.dumps(mapping))
+    return 0
+
+
+def compile(request: dict) -> dict:
+    import numpy as np
+
+    r = request
+    work = Path(r["work"])
+    if work.exists():
+        shutil.rmtree(work)
+    seconds: dict[str, float] = {}
+    input_name, names = _onnx_io(r["onnx"])
+    h, w = r["height"], r["width"]
+    fmt = lambda v: ",".join(f"{x:.7f}".rstrip("0").rstrip(".") if x else "0.0" for x in v)  # noqa: E731
+
+    # 1. ONNX -> top MLIR, and the top MLIR interpreter on the test input
+    tdir = work / "transform"
+    _step("model_transform", ["model_transform", "--model_name", "M", "--model_def", r["onnx"],
+                              "--input_shapes", f"[[1,3,{h},{w}]]", "--mean", fmt(r["mean"]), "--scale", fmt(r["scale"]),
+                              *r["preprocess_flags"], "--output_names", ",".join(names),
+                              "--test_input", r["test_input"], "--test_result", "M_top_outputs.npz",
+                              "--mlir", "M.mlir"], tdir, seconds)
+    test = dict(np.load(r["test_input"]))
+    top = dict(np.load(tdir / "M_top_outputs.npz"))
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(r["onnx"], providers=["CPUExecutionProvider"])
+    onnx_out = dict(zip(names, sess.run(names, {input_name: test[input_name]})))
+    steps = {"test_input": "one calibration image" if r["precision"] == "int8" else "a mid-grey canvas",
+             "top_vs_onnx": _compare(names, top, onnx_out)}
+
+    # 2. calibration (int8): the float inputs the host prepared, as a list of npz files
+    deploy_args: list[str] = []
+    qtable_ops: list[str] = []
+    if r["quantize"] == "INT8":
+        cdir = work / "calibration"
+        _link_weights(tdir, cdir)
+        listing = cdir / "inputs.txt"
+        listing.write_text("\n".join(r["calib"]) + "\n")
+        _step("run_calibration", ["run_calibration", str(tdir / "M.mlir"), "--data_list", str(listing),
+                                  "--input_num", str(len(r["calib"])), "--cali_method", r["calibration_method"],
+                                  "-o", "M_cali_table"], cdir, seconds)
+        deploy_args += ["--calibration_table", str(cdir / "M_cali_table")]
+        qt = r["quantize_table"]
+        if qt == "head":
+            qtable_ops = head_ops(r["onnx"], (tdir / "M.mlir").read_text())
+            if not qtable_ops:
+                raise RuntimeError("quantize_table=head: no head op found in the top MLIR")
+        elif isinstance(qt, list):
+            text = (tdir / "M.mlir").read_text()
+            missing = [op for op in qt if f'loc("{op}")' not in text]
+            if missing:
+                raise RuntimeError(f"quantize_table: op(s) {', '.join(missing)} not in the top MLIR {tdir / 'M.mlir'}")
+            qtable_ops = list(qt)
+        if qtable_ops:
+            qtable = work / "qtable.txt"
+            qtable.write_text("".join(f"{op} {r['keep_dtype']}\n" for op in qtable_ops))
+            deploy_args += ["--quantize_table", str(qtable)]
+        if r["asymmetric"]:
+            deploy_args.append("--asymmetric")
+    if int(r["num_core"]) != 1:
+        deploy_args += ["--num_core", str(r["num_core"])]
+
+    # 3. top MLIR -> bmodel (no --test_input: the emulator check is step 4, kept per output)
+    ddir = work / "deploy"
+    _link_weights(tdir, ddir)
+    with _locked(r["lock"]):
+        _step("model_deploy", ["model_deploy", "--mlir", str(tdir / "M.mlir"), "--quantize", r["quantize"],
+                               "--processor", r["platform"], *deploy_args, "--model", "M.bmodel"], ddir, seconds)
+    bmodel = ddir / "M.bmodel"
+
+    # 4. the bmodel on the cmodel emulator, on the same test input, vs the top MLIR
+    start = time.time()
+    np.save(work / "test_input.npy", test[input_name])
+    mapping = _run_bmodel(bmodel, work / "test_input.npy", input_name, names, work / "check" / "out",
+                          r["lock"], work / "check")
+    seconds["model_runner"] = round(time.time() - start, 2)
+    got = {n: np.load(work / "check" / "out" / f"{i}.npy")[0] for i, n in enumerate(names)}
+    top_named = {n: top[k] for n, k in resolve(names, top).items()}
+    steps["bmodel_vs_top"] = _compare(names, {n: got[n][None] if got[n].ndim < top_named[n].ndim else got[n]
+                                              for n in names}, top_named)
+    shutil.copyfile(bmodel, r["out"])
+    return {"outputs": mapping, "steps": steps, "step_seconds": seconds, "bytes": Path(r["out"]).stat().st_size,
+            "quantize_table": qtable_ops}
+
+
+def simulate(request: dict) -> dict:
+    import numpy as np
+
+    r = request
+    work = Path(r["work"])
+    images = np.load(r["images"], mmap_mode="r")
+    input_name = r.get("input_name", "images")
+    names = r["names"]
+    mapping = _run_bmodel(Path(r["model"]), Path(r["images"]), input_name, names, Path(r["out_dir"]), r["lock"], work)
+    return {"outputs": names, "images": int(len(images)), "bmodel_outputs": mapping}
+
+
+if __name__ == "__main__":
+    sys.exit(_runner_main(sys.argv[1]))

@@ -1,0 +1,90 @@
+"""The host <-> toolchain-environment protocol: a JSON request in, a JSON result and files out.
+
+Host side: `call()` writes request.json, runs `<env python> -m yolobuild.toolchains.worker
+request.json result.json` with a minimal environment and a timeout, captures the worker's log,
+and turns a failure into one line with the tool's own last error lines and the log's path.
+Environment side: `main()` imports the named function, runs it on the request, writes the result.
+Only the standard library is imported at the top: this module runs inside vendor venvs too.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the folder holding the yolobuild package
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+def error_lines(log_text: str, n: int = 3) -> list[str]:
+    """The tool's own last error lines (rknn logs 'E ...'; Python tracebacks end in 'XError: ...')."""
+    lines = [strip_ansi(line).strip() for line in log_text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("$ ")]  # our own command echo
+    marked = [line for line in lines if re.match(r"^(E |E\[|ERROR|Error|\w+Error:|\w+Exception:|FATAL)", line)
+              and not line.endswith("Traceback (most recent call last):")]
+    return (marked or lines)[-n:]
+
+
+def call(python: Path, function: str, request: dict, workdir: Path, log: Path, timeout: float,
+         env: dict[str, str]) -> dict:
+    """Run `function` (a "module:name" in the yolobuild package) inside the environment of `python`."""
+    from ..errors import ToolchainError
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    req_path, res_path = workdir / "request.json", workdir / "result.json"
+    req_path.write_text(json.dumps({**request, "call": function}, indent=1))
+    child_env = {**env, "PYTHONPATH": str(PACKAGE_PARENT), "PYTHONUNBUFFERED": "1",
+                 "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
+    start = time.time()
+    with open(log, "a") as f:
+        f.write(f"$ {python} -m yolobuild.toolchains.worker {req_path} ({function})\n")
+        f.flush()
+        try:
+            proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
+                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
+    text = log.read_text(errors="replace")
+    log.write_text(strip_ansi(text))
+    result = None
+    if res_path.exists():
+        try:
+            result = json.loads(res_path.read_text())
+        except ValueError:
+            result = None
+    if proc.returncode != 0 or not result or not result.get("ok"):
+        tool_said = error_lines(text, 2)
+        detail = (result or {}).get("error") or f"worker exited with code {proc.returncode}"
+        said = " | ".join(dict.fromkeys(tool_said)) if tool_said else detail
+        raise ToolchainError(f"{function.split(':')[-1]} failed: {said[-600:]}; full log: {log}")
+    out = result.get("result") or {}
+    out.setdefault("_seconds", round(time.time() - start, 3))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    import importlib
+    import traceback
+
+    req_path, res_path = Path(argv[0]), Path(argv[1])
+    request = json.loads(req_path.read_text())
+    module, name = request["call"].split(":")
+    try:
+        result = getattr(importlib.import_module(module), name)(request)
+        payload = {"ok": True, "result": result}
+    except Exception as exc:  # the host turns this into a ToolchainError with the log's tail
+        traceback.print_exc()
+        payload = {"ok": False, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"}
+    res_path.write_text(json.dumps(payload))
+    return 0 if payload["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
