@@ -14,8 +14,10 @@ from yolobuild.errors import ToolchainError
 from yolobuild.ops import OpContext
 from yolobuild.toolchains import envs
 
+REPO = Path(__file__).resolve().parents[1]
+# the worker sees only the yolobuild package; the test functions it runs live in tests/, named here
 FAKE = envs.EnvSpec(name="fake-env", aliases=("fake",), python="host", steps=(), record=("pip",),
-                    check="import json")
+                    check="import json", extra_env={"PYTHONPATH": str(REPO)})
 
 
 WORKER = "tests.fake_worker_functions"
@@ -94,6 +96,16 @@ def test_compiler_error_gives_its_last_line_without_colours_and_the_log(installe
 def test_worker_crash_is_a_toolchain_error(installed_fake, tmp_path):
     with pytest.raises(ToolchainError, match="worker exited with code 3"):
         envs.call_in_env(ctx_for(tmp_path), "fake-env", f"{WORKER}:hard_exit", {})
+
+
+def test_worker_import_path_holds_only_the_yolobuild_package(tmp_path):
+    """An installed yolobuild lives in the host's site-packages; that folder must not reach a vendor env."""
+    from yolobuild.toolchains.worker import _package_only_path
+
+    root = _package_only_path(tmp_path)
+    assert [p.name for p in root.iterdir()] == ["yolobuild"]
+    assert (root / "yolobuild").resolve() == Path(envs.__file__).resolve().parents[1]
+    assert _package_only_path(tmp_path) == root  # idempotent: a second op call reuses the link
 
 
 def test_child_environment_does_not_inherit_the_host_environment(fake_env, monkeypatch):

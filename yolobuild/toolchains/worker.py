@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-PACKAGE_PARENT = Path(__file__).resolve().parents[2]   # the folder holding the yolobuild package
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the yolobuild package itself
 
 
 def strip_ansi(text: str) -> str:
@@ -32,6 +32,20 @@ def error_lines(log_text: str, n: int = 3) -> list[str]:
     return (marked or lines)[-n:]
 
 
+def _package_only_path(workdir: Path) -> Path:
+    """A folder holding nothing but a link to the yolobuild package: putting the package's real parent on
+    PYTHONPATH would, in an installed copy, hand the host's whole site-packages (numpy 2, new onnx) to a
+    vendor environment that pins older ones."""
+    root = workdir / ".yolobuild-path"
+    link = root / "yolobuild"
+    if not (link.is_symlink() and link.resolve() == PACKAGE_DIR):
+        root.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(PACKAGE_DIR, target_is_directory=True)
+    return root
+
+
 def call(python: Path, function: str, request: dict, workdir: Path, log: Path, timeout: float,
          env: dict[str, str]) -> dict:
     """Run `function` (a "module:name" in the yolobuild package) inside the environment of `python`."""
@@ -40,7 +54,8 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
     workdir.mkdir(parents=True, exist_ok=True)
     req_path, res_path = workdir / "request.json", workdir / "result.json"
     req_path.write_text(json.dumps({**request, "call": function}, indent=1))
-    child_env = {**env, "PYTHONPATH": str(PACKAGE_PARENT), "PYTHONUNBUFFERED": "1",
+    import_path = ":".join(filter(None, [str(_package_only_path(workdir)), env.get("PYTHONPATH")]))
+    child_env = {**env, "PYTHONPATH": import_path, "PYTHONUNBUFFERED": "1",
                  "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
     start = time.time()
     with open(log, "a") as f:
