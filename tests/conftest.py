@@ -28,3 +28,14 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "yolobuild", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's numeric tests: results that do not depend on the core count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

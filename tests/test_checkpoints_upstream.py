@@ -32,7 +32,8 @@ from .conftest import run_cli  # noqa: E402
 from .test_models import assert_same_detections, cosine  # noqa: E402
 from .test_ops import run_op  # noqa: E402
 
-pytestmark = pytest.mark.toolchain  # needs its own environment: runs in the second test stage
+pytestmark = [pytest.mark.toolchain,  # needs its own environment: runs in the second test stage
+              pytest.mark.usefixtures("one_thread")]
 HERE = Path(__file__).parent / "upstream"
 REQUIREMENTS = [
     ["torch==2.13.0", "numpy<2.4", "pyyaml"],
@@ -83,14 +84,6 @@ def upstream_refs() -> tuple[Path, dict]:
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         tmp.rename(out)
     return out, json.loads((out / "cases.json").read_text())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_upstream_is_not_importable_here():

@@ -13,18 +13,14 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from yolobuild.errors import UserError  # noqa: E402
-from yolobuild.runtime.decode import fields, nms_input, to_decoded  # noqa: E402
-from yolobuild.runtime.nms import non_max_suppression  # noqa: E402
+from yolobuild.runtime.decode import fields, to_decoded  # noqa: E402
 
-from .test_ops import run_op  # noqa: E402
+from .family_parity import assert_same_detections, cosine, run_op  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 H = W = 64
 HEADS = ("raw", "split", "decoded")
-
-
-def cosine(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def params(**kw):
@@ -32,26 +28,6 @@ def params(**kw):
              trust_checkpoint=False)
     p.update(kw)
     return p
-
-
-def nms_rows(decoded, meta):
-    return [non_max_suppression(d, conf_thres=0.25, iou_thres=0.45) for d in nms_input(decoded, meta)]
-
-
-def assert_same_detections(got, ref, meta):
-    for a, b in zip(nms_rows(got, meta), nms_rows(ref, meta)):
-        assert len(a) == len(b)
-        if len(a):
-            np.testing.assert_array_equal(a[:, 5], b[:, 5])
-            np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-4, atol=1e-3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -12,27 +12,17 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from yolobuild.errors import CheckFailed, UserError  # noqa: E402
-from yolobuild.ops import OP_KINDS, OpContext, resolve_impl  # noqa: E402
 from yolobuild.runtime.decode import fields, to_decoded  # noqa: E402
+
+from .family_parity import cosine, run_op  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 H = W = 128
 TC = "yolobuild.toolchains.onnxruntime:"
 NAMES = ["circle", "square", "triangle"]
 CKPT_ANCHORS = [[9.5, 12.3, 17.1, 29.9, 33.3, 23.4], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 PRE = dict(height=H, width=W, resize="letterbox", color="rgb", scale=1 / 255, pad_value=114)
-
-
-def run_op(kind: str, root: Path, params: dict, inputs: dict, outputs, impl: str | None = None) -> tuple[dict, dict]:
-    """Run one op by hand: outputs land in root/<kind>/<name>; returns (outputs, results)."""
-    d = Path(root) / kind
-    (d / "scratch").mkdir(parents=True, exist_ok=True)
-    outs = {n: d / n for n in outputs}
-    ctx = OpContext(op_id=kind, kind=kind, params=params, inputs={k: Path(v) for k, v in inputs.items()},
-                    outputs=outs, scratch=d / "scratch", log=lambda _msg: None)
-    resolve_impl(impl or OP_KINDS[kind].impl)(ctx)
-    for name, path in outs.items():
-        assert path.exists(), f"{kind} did not write {name}"
-    return outs, ctx.results
 
 
 def load_params(**kw) -> dict:
@@ -42,24 +32,10 @@ def load_params(**kw) -> dict:
     return p
 
 
-def cosine(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
 def assert_fields_close(got, ref, min_cos=0.99999):
     for name, g in fields(got).items():
         c = cosine(g, fields(ref)[name])
         assert c >= min_cos, f"{name}: cosine {c}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convs: one thread is faster, and immune to a busy neighbour on a 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +222,7 @@ def test_patch_unknown_name(work, ckpt_model):
 
 
 def test_no_inplace_slice_refuses_slice_writes():
-    from yolobuild.ops.model import PATCHES
+    from yolobuild.ops.model import patch_function
 
     class SliceWrite(torch.nn.Module):
         def forward(self, x):
@@ -255,16 +231,16 @@ def test_no_inplace_slice_refuses_slice_writes():
             return y
 
     with pytest.raises(CheckFailed, match="no_inplace_slice"):
-        PATCHES["no_inplace_slice"](SliceWrite(), torch.rand(1, 3, 8, 8))
-    PATCHES["no_inplace_slice"](torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU()), torch.rand(1, 3, 8, 8))
+        patch_function("no_inplace_slice")(SliceWrite(), torch.rand(1, 3, 8, 8))
+    patch_function("no_inplace_slice")(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU()), torch.rand(1, 3, 8, 8))
 
 
 def test_anchors_as_constants_refuses_runtime_anchor_reads(ckpt_model):
-    from yolobuild.ops.model import PATCHES, load_checkpoint
+    from yolobuild.ops.model import load_checkpoint, patch_function
 
     _, model = load_checkpoint(ckpt_model[0]["model.pt"])
     x = torch.rand(1, 3, 64, 64)
-    PATCHES["anchors_as_constants"](model, x)           # ours: anchor grids are constants
+    patch_function("anchors_as_constants")(model, x)           # ours: anchor grids are constants
     det = model.detect
 
     def runtime_anchor_forward(feats):                  # anchors picked by a run-time index: Gather on the buffer
@@ -280,7 +256,7 @@ def test_anchors_as_constants_refuses_runtime_anchor_reads(ckpt_model):
 
     det.forward = runtime_anchor_forward
     with pytest.raises(CheckFailed, match="anchors_as_constants"):
-        PATCHES["anchors_as_constants"](model, x)
+        patch_function("anchors_as_constants")(model, x)
 
 
 # --------------------------------------------------------------------------- export

@@ -162,7 +162,8 @@ def _rule_model_layout(c: dict) -> list[tuple[str, str]]:
     m = c["model"]
     spec = FAMILIES.get(m["family"])
     if spec is None:
-        return []
+        return [("model.family", f"{m['family']!r} is not a model family{nearest(m['family'], FAMILIES)}; "
+                 f"allowed: {', '.join(FAMILIES)}")]
     if m["layout"] not in spec["layouts"]:
         return [("model.layout", f"{m['layout']!r} is not a {m['family']} layout; allowed: "
                  f"{', '.join(spec['layouts'])}")]
@@ -175,6 +176,14 @@ def _rule_model_layout(c: dict) -> list[tuple[str, str]]:
         out.append(("model.max_stride", f"{m['max_stride']} does not match {m['family']} layout {m['layout']} "
                     f"(max stride {want}); allowed: {want}"))
     return out
+
+
+def _rule_patch_names(c: dict) -> list[tuple[str, str]]:
+    """graph.patches names rows of the patch table (models.arch.PATCHES, torch-free)."""
+    from .models.arch import PATCHES
+
+    return [("graph.patches", f"{name!r} is not a known patch{nearest(name, PATCHES)}; allowed: {', '.join(PATCHES)}")
+            for name in c["graph"]["patches"] if name not in PATCHES]
 
 
 def _rule_head_suits_target(c: dict) -> list[tuple[str, str]]:
@@ -250,6 +259,7 @@ RULES: tuple[Rule, ...] = (
     _rule_eval_pair,
     _rule_model_layout,
     _rule_input_stride,
+    _rule_patch_names,
     _rule_head_suits_target,
     _rule_int8_shared_scale,
     _rule_toolchain_allowed,

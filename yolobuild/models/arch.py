@@ -184,6 +184,42 @@ FAMILIES = {
 }
 
 
+# Families written in their own modules (one file each, torch-free): their rows join the table here.
+from . import darknet_arch, mmyolo_arch, yolor_arch  # noqa: E402
+
+for _extra in (darknet_arch, yolor_arch, mmyolo_arch):
+    FAMILIES.update(_extra.FAMILIES)
+
+
+# --------------------------------------------------------------------------- the table of named patches
+#
+# One row per patch a recipe may name in graph.patches (or a family requires, FAMILIES[f]["patches"]):
+# where its function lives ("module:function", imported only by ops that run torch), whether it only
+# verifies the finished module (runs with an example input, changes nothing), and what it is for.
+# A patch function takes (model, example) and returns figures; when its target module is not in the
+# model it raises UserError: never a silent no-op.
+
+PATCHES = {
+    "silu_as_sigmoid_mul": {"function": "yolobuild.ops.model:silu_as_sigmoid_mul", "verify_only": False,
+                            "what": "SiLU written as x*sigmoid(x) (RKNN 1.x, old runtimes without Swish)"},
+    "focus_as_conv": {"function": "yolobuild.ops.model:focus_as_conv", "verify_only": False,
+                      "what": "YOLOv5 v5.0 Focus (space-to-depth + conv) as one equivalent 6x6 stride-2 conv"},
+    "syncbn_to_bn": {"function": "yolobuild.ops.model:syncbn_to_bn", "verify_only": False,
+                     "what": "SyncBatchNorm (multi-GPU training) as BatchNorm2d, which exporters know"},
+    "no_inplace_slice": {"function": "yolobuild.ops.model:verify_no_inplace_slice", "verify_only": True,
+                         "what": "verify: no in-place write into a tensor slice (no ScatterND on export)"},
+    "anchors_as_constants": {"function": "yolobuild.ops.model:verify_anchors_as_constants", "verify_only": True,
+                             "what": "verify: anchor grids are graph constants, never read from a buffer at run time"},
+}
+for _extra in (darknet_arch, yolor_arch, mmyolo_arch):
+    PATCHES.update(getattr(_extra, "PATCHES", {}))
+
+
+def family_patches(family: str) -> list[str]:
+    """Patches a family always needs for a correct export (applied before the recipe's graph.patches)."""
+    return list(FAMILIES.get(family, {}).get("patches", ()))
+
+
 def family_spec(family: str) -> dict:
     if family not in FAMILIES:
         raise KeyError(family)

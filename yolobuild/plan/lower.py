@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from ..ops import OP_KINDS
 from ..toolchains import TOOLCHAINS
 from ..compose import MISSING
+from ..models.arch import family_patches
 from ..validate import ASSETS_DIR, BUILTIN_PREFIX, thaw
 from .ir import Op, Plan, Ref
 
@@ -41,6 +42,11 @@ class _Builder:
         self.ops.append(Op(id=op_id, kind=kind, params=params, inputs=inputs, outputs=outputs,
                            env=env, tools=tools, version=version, final=final, toolchain=toolchain))
         return op_id
+
+
+def effective_patches(cfg: Mapping) -> list[str]:
+    """What the model's family always needs for a correct export, then the recipe's / target's choice."""
+    return list(dict.fromkeys(family_patches(cfg["model"]["family"]) + list(cfg["graph"]["patches"])))
 
 
 def lower(config: Mapping) -> Plan:
@@ -84,6 +90,7 @@ def lower(config: Mapping) -> Plan:
 
     # -- model: load, patch, export ---------------------------------------------------------------
     w = weights_ref(model["weights"])
+    patches = effective_patches(cfg)
     b.add("load_model", "load_model",
           {"family": model["family"], "scale": model["scale"], "layout": model["layout"], "nc": model["nc"],
            "names": model["names"], "anchors": model["anchors"], "random": model["weights"] == "random",
@@ -91,7 +98,7 @@ def lower(config: Mapping) -> Plan:
            **({"source_repo": model["source"]["repo"]} if (model.get("source") or {}).get("repo") else {})},
           {"weights": w} if w else {}, ("model.pt", "model.json"), final=("model.json",))
     b.add("patch", "patch",
-          {"head": cfg["graph"]["head"], "patches": cfg["graph"]["patches"], "fuse": cfg["graph"]["fuse"], **size},
+          {"head": cfg["graph"]["head"], "patches": patches, "fuse": cfg["graph"]["fuse"], **size},
           {"model": Ref("load_model", "model.pt")}, ("patched.pt", "patch_check.json"))
     fmt = cfg["frontend"]["format"]
     b.add("export_onnx", "export_onnx",
@@ -169,7 +176,7 @@ def _lower_handoff(b: _Builder, cfg: dict, tc_name: str, common: dict, onnx_ref:
     if prec["calibration"]:
         inputs["calib"] = Ref("calibrate", "calib.npz")
     params = {**common, "toolchain": tc_name, "name": f"{cfg['recipe']}_{cfg['target']['name']}_{prec['name']}",
-              "batch": cfg["input"]["batch"], "fuse": cfg["graph"]["fuse"], "patches": cfg["graph"]["patches"],
+              "batch": cfg["input"]["batch"], "fuse": cfg["graph"]["fuse"], "patches": effective_patches(cfg),
               "vendor_tool": detect(tc_name, cfg["backend"]["options"])}
     b.add("handoff", "handoff", params, inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
     if prec["name"] != "int8":

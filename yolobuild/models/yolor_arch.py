@@ -1,0 +1,4 @@
+"""YOLOR (ImplicitA / ImplicitM, IDetect): the family table rows, torch-free."""
+
+FAMILIES: dict = {}
+PATCHES: dict = {}
