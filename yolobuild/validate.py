@@ -178,6 +178,14 @@ def _rule_model_layout(c: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _rule_family_suits_target(c: dict) -> list[tuple[str, str]]:
+    families, family = c["target"].get("families"), c["model"]["family"]
+    if not families or family in families:
+        return []
+    return [("model.family", f"{family} models cannot go to target {c['target']['name']}: its flow takes "
+             f"{', '.join(families)} only (target YAML 'families')")]
+
+
 def _rule_patch_names(c: dict) -> list[tuple[str, str]]:
     """graph.patches names rows of the patch table (models.arch.PATCHES, torch-free)."""
     from .models.arch import PATCHES
@@ -259,6 +267,7 @@ RULES: tuple[Rule, ...] = (
     _rule_eval_pair,
     _rule_model_layout,
     _rule_input_stride,
+    _rule_family_suits_target,
     _rule_patch_names,
     _rule_head_suits_target,
     _rule_int8_shared_scale,

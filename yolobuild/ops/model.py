@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import CheckFailed, UserError
 from ..models import arch
 from ..models.arch import ANCHOR_FREE, DEFAULT_ANCHORS, YOLOV5_SCALES
-from ..models.yolov5 import Conv, DetectionModel, make_divisible
+from ..models.yolov5 import DetectionModel, make_divisible
 from . import OpContext
 
 CHECKPOINT_FORMAT = "yolobuild-checkpoint/1"
@@ -514,10 +514,14 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 def fuse(model: nn.Module) -> int:
-    """Fold every Conv block's BatchNorm into its conv; returns how many were fused."""
+    """Fold every conv block's BatchNorm into its conv; returns how many were fused.
+
+    A conv block is any module with a `conv` (Conv2d), a `bn` (BatchNorm) and a `forward_fuse`
+    method (yolov5's Conv, and each family's own blocks that follow the same convention)."""
     n = 0
     for m in model.modules():
-        if isinstance(m, Conv) and hasattr(m, "bn"):
+        if (isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
+                and callable(getattr(m, "forward_fuse", None))):
             m.conv = fuse_conv_bn(m.conv, m.bn)
             delattr(m, "bn")
             m.forward = m.forward_fuse
