@@ -14,7 +14,6 @@ Usage: python benchmarks/bench_tpu_mlir.py      (env: PARITY_IMAGES=2 EVAL_IMAGE
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,19 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from buildrun import build  # noqa: E402
+
 PARITY_IMAGES = int(os.environ.get("PARITY_IMAGES", "2"))
 EVAL_IMAGES = int(os.environ.get("EVAL_IMAGES", "40"))
-
-
-def build(args: list[str], root: Path) -> tuple[float, dict, str]:
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "yolobuild", *args, f"workspace.path={root / 'ws'}",
-                        f"cache.dir={root / 'cache'}"], capture_output=True, text=True, cwd=root)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        sys.exit(f"build failed ({r.returncode}): {' '.join(args)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    name = next(line.split()[-1] for line in r.stdout.splitlines() if line.startswith("building "))
-    return wall, json.loads((root / "ws" / name / "manifest.json").read_text()), name
 
 
 def steps(m: dict) -> None:
@@ -77,6 +68,15 @@ def main() -> None:
     statuses = {op["status"] for op in m["ops"]}
     print(f"second identical int8 build: {wall:.1f} s, op statuses {sorted(statuses)} "
           f"({'cache hit, no worker started' if statuses == {'cached'} else 'NOT a cache hit'})")
+
+    # the other chips and the recipe keys of part 2, each checked against PyTorch on the probe images
+    for extra in (["target=bm1684", "precision=int8"],
+                  ["target=bm1688", "precision=int8", "backend.options.num_core=2"],
+                  ["target=bm1684x", "precision=int8", "backend.options.asymmetric=true"]):
+        wall, m, _ = build([*extra, *few], root)
+        c = {op["id"]: op for op in m["ops"]}["compile"]["results"]["compile"]
+        print(f"{' '.join(extra)}: build {wall:.0f} s, {c['bytes']} bytes, cmodel vs PyTorch on {PARITY_IMAGES} "
+              "image(s): " + ", ".join(f"{k} {v['cosine']:.5f}" for k, v in m["parity"].items()))
 
 
 if __name__ == "__main__":

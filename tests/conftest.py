@@ -23,6 +23,19 @@ def isolated_cache(tmp_path, monkeypatch):
     return cache
 
 
+def cli_in_process(*args: str) -> tuple[int, str, str]:
+    """yolobuild in this process (saves a torch import per build); returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from yolobuild.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m yolobuild ARGS` as a user would, capturing both streams."""
     full_env = {**os.environ, **(env or {})}

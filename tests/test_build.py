@@ -155,3 +155,12 @@ def test_int8_with_user_calibration_folder_rejects_non_images(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "fake.jpg" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "ws" / "yolov5n_onnxruntime_int8_160x160" / "manifest.json").exists()
+
+
+def test_relative_cache_and_workspace_paths(tmp_path):
+    """cache.dir=cache (relative to where yolobuild runs): inputs are linked to cache objects, and a
+    relative link target would dangle inside the op's temp folder."""
+    r = run_cli("cache.dir=cache", "workspace.path=ws", "input.width=96", "input.height=96",
+                "evaluate.enabled=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert (tmp_path / "cache" / "objects").is_dir() and (tmp_path / "ws" / "demo_onnxruntime_fp32_96x96").is_dir()

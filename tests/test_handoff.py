@@ -7,9 +7,7 @@ the demo at 160x160 with 8 calibration / evaluation images, sharing one cache.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
 import shutil
@@ -22,19 +20,12 @@ import yaml
 
 from yolobuild.toolchains.handoff import PREVIEW_LABEL, SCHEMAS_DIR
 
+from .conftest import cli_in_process as cli
+
 FAKES = Path(__file__).parent / "fakes"
 SMALL = ("recipe=demo", "input.width=160", "input.height=160", "dataset.generator.calib_count=8",
          "dataset.calib.count=8", "dataset.generator.eval_count=8")
 
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """yolobuild in this process (saves a torch import per build); returns (exit code, stdout, stderr)."""
-    from yolobuild.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -262,10 +253,11 @@ def test_mlu_fp16_has_no_quantize_step(root, tmp_path):
 
 # --------------------------------------------------------------------------- rk1808 (RKNN-Toolkit 1.7)
 
-def test_rk1808_bundle_and_convert_py_against_fake_rknn(root, tmp_path):
-    code, out, err = build(root, "target=rk1808", "precision=int8")
+@pytest.mark.parametrize("chip", ["rk1808", "rv1109"])
+def test_rknn1_bundle_and_convert_py_against_fake_rknn(root, tmp_path, chip):
+    code, out, err = build(root, f"target={chip}", "precision=int8")
     assert code == 0, out + err
-    d = root / "ws" / "demo_rk1808_int8_160x160"
+    d = root / "ws" / f"demo_{chip}_int8_160x160"
     b = d / "handoff"
     import onnx
 
@@ -278,9 +270,9 @@ def test_rk1808_bundle_and_convert_py_against_fake_rknn(root, tmp_path):
     assert [c["call"] for c in calls] == ["RKNN", "config", "load_onnx", "build", "export_rknn", "release"]
     cfg = calls[1]["kwargs"]
     assert cfg["mean_values"] == [[0, 0, 0]] and cfg["std_values"] == [[255.0, 255.0, 255.0]]
-    assert cfg["target_platform"] == "rk1808" and cfg["quantized_dtype"] == "asymmetric_affine-u8"
+    assert cfg["target_platform"] == chip and cfg["quantized_dtype"] == "asymmetric_affine-u8"
     assert calls[3]["kwargs"] == {"do_quantization": True, "dataset": "dataset.txt", "pre_compile": False}
-    assert (tmp_path / "docker" / "demo_rk1808_int8.rknn").is_file()
+    assert (tmp_path / "docker" / f"demo_{chip}_int8.rknn").is_file()
     pv = {o["id"]: o for o in manifest(d)["ops"]}["preview"]["results"]["preview"]
     assert pv["label"] == PREVIEW_LABEL
 

@@ -38,7 +38,10 @@ def test_rk3588_fp16_matches_pytorch_per_field(rk_builds):
     assert m["tools"]["rknn-toolkit2:rknn-toolkit2"] == "2.5.0"
     build = root / "ws" / "demo_rk3588_fp16_320x320"
     assert (build / "model.rknn").stat().st_size > 100_000
-    assert (build / "logs" / "compile.log").exists() and (build / "logs" / "simulate.log").exists()
+    assert (build / "logs" / "compile.log").exists()
+    # one toolkit session built, exported and simulated: the simulated model is the shipped file
+    compile_results = {op["id"]: op for op in m["ops"]}["compile"]["results"]["compile"]
+    assert compile_results["simulated_images"] >= 4 and "simulate" not in {op["id"] for op in m["ops"]}
     assert abs(m["metrics"]["built"]["mAP50_95"] - m["metrics"]["pytorch_fp32"]["mAP50_95"]) < 0.005
 
 

@@ -48,10 +48,15 @@ exit codes: 0 built (or hand-off bundle written), 2 user error, 3 toolchain or n
 
 
 class Output:
-    """Plain lines for progress and messages; rich only for the summary table (it costs ~50 ms)."""
+    """Plain lines for progress and messages; rich only for the summary table (it costs ~50 ms).
+
+    The stream is bound once: ops running in threads may swap sys.stdout while they silence a tool."""
+
+    def __init__(self):
+        self.stream = sys.stdout
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
+        print(text, file=self.stream, flush=True)
 
     def table(self, table) -> None:
         from rich.console import Console

@@ -151,7 +151,7 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
             for name, out in outputs.items():
                 nxt = nxt.replace(f"<{name}>", out["path"])
         ops.append({"id": rec.op.id, "kind": rec.op.kind, "env": rec.op.env, "fingerprint": rec.fingerprint,
-                    "status": rec.status, "reason": rec.reason, "seconds": rec.seconds,
+                    "status": rec.status, "reason": rec.reason, "seconds": rec.seconds, "started": rec.started,
                     "outputs": outputs, "results": rec.results, "key": rec.key})
     return {
         "status": status,

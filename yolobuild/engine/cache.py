@@ -75,7 +75,7 @@ class Entry:
 
 class Cache:
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = Path(root).expanduser().absolute()   # symlinks to objects must not be relative
 
     # -- paths ---------------------------------------------------------------------------------
     def _entry_path(self, fp: str) -> Path:

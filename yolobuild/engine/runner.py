@@ -1,4 +1,4 @@
-"""Run a plan's ops in order, reusing cached results (a constructive trace, early cut-off).
+"""Run a plan's ops as their inputs become ready, reusing cached results (a constructive trace, early cut-off).
 
 An op's fingerprint = sha256(kind, op version, params, the sha256 of every input artifact,
 the versions of the tools it uses). Internal inputs are hashed by content, so an upstream op
@@ -7,6 +7,9 @@ that reruns but produces identical bytes does not invalidate what follows.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import json
 import time
 from dataclasses import dataclass, field
@@ -134,6 +137,7 @@ class OpRecord:
     status: str = "pending"          # ran | cached | handoff | failed | pending
     reason: str = ""
     seconds: float = 0.0
+    started: float | None = None     # seconds after the run began that this op started (ops overlap)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     key: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +151,29 @@ class Execution:
     interrupted: bool = False
 
 
+def feeds_a_worker(plan: Plan) -> set[str]:
+    """Ops a toolchain-environment op waits for (directly or not): they start first, so the long worker
+    run starts as early as it can and host-only work (the PyTorch reference, checks) fills in beside it."""
+    by_id = {op.id: op for op in plan.ops}
+    needed: set[str] = set()
+    stack = [ref.op for op in plan.ops if op.env != "host" for ref in op.inputs.values() if ref.op]
+    while stack:
+        op_id = stack.pop()
+        if op_id not in needed:
+            needed.add(op_id)
+            stack.extend(ref.op for ref in by_id[op_id].inputs.values() if ref.op)
+    return needed
+
+
+def max_jobs() -> int:
+    """How many ops may run at once (YOLOBUILD_JOBS, default 2: a toolchain worker and host work)."""
+    value = os.environ.get("YOLOBUILD_JOBS", "2")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise UserError(f"YOLOBUILD_JOBS: {value!r} is not a whole number; allowed: 1, 2, ...") from None
+
+
 class Runner:
     def __init__(self, cache: Cache, previous_keys: dict[str, dict] | None = None,
                  on_op: Callable[[OpRecord], None] | None = None, progress: Callable[[str], None] = print):
@@ -154,6 +181,7 @@ class Runner:
         self.progress = progress
         self.previous = previous_keys or {}
         self.on_op = on_op or (lambda rec: None)
+        self._report_lock = threading.Lock()
 
     # -- hashing inputs ------------------------------------------------------------------------
     def _hash_ref(self, ref: Ref, produced: dict[str, OpRecord]) -> str:
@@ -221,38 +249,91 @@ class Runner:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, plan: Plan) -> Execution:
-        records: list[OpRecord] = []
+        """Run the plan's ops as their inputs become ready, up to `jobs()` at a time.
+
+        Independent ops overlap: a toolchain worker's compile and its simulator run (separate
+        processes) and host ops such as the PyTorch reference run side by side. After a failure
+        or an interrupt nothing new starts; ops already running finish (or stop with their
+        worker) and every finished op stays cached."""
+        records = {op.id: OpRecord(op) for op in plan.ops}
         produced: dict[str, OpRecord] = {}
-        for op in plan.ops:
-            rec = OpRecord(op)
-            records.append(rec)
-            try:
-                rec.key = self.key_for(op, produced)
-                rec.fingerprint = fingerprint(rec.key)
-                entry = self.cache.lookup(rec.fingerprint)
-                if entry is None:
-                    self.cache.ensure_writable()
-                    with self.cache.lock(rec.fingerprint):
-                        entry = self.cache.lookup(rec.fingerprint)  # a concurrent build may have made it
-                        if entry is None:
-                            rec.reason = explain(rec.key, self.previous.get(op.id))
-                            entry = self._execute(op, rec, produced)
-                            rec.status = "handoff" if op.kind == "handoff" else "ran"
-                if rec.status == "pending":
-                    rec.status, rec.reason = "cached", "fingerprint found in cache"
-                    rec.seconds = entry.record.get("seconds", 0.0)
-                rec.outputs, rec.results = entry.outputs, entry.record.get("results", {})
-                produced[op.id] = rec
-                self.on_op(rec)
-            except KeyboardInterrupt:
-                rec.status, rec.reason = "failed", "interrupted"
-                self.on_op(rec)
-                return Execution(records, interrupted=True)
-            except YolobuildError as exc:
-                rec.status, rec.reason = "failed", str(exc)
-                self.on_op(rec)
-                return Execution(records, error=exc)
-        return Execution(records)
+        pending = sorted(plan.ops, key=lambda op: op.id not in feeds_a_worker(plan))   # stable: else plan order
+        running: dict[Future, Op] = {}
+        error: YolobuildError | None = None
+        interrupted = False
+        jobs = max_jobs()
+        self._t0 = time.perf_counter()
+        pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="yolobuild-op")
+        try:
+            while pending or running:
+                if error is None and not interrupted:
+                    for op in list(pending):
+                        if len(running) >= jobs:
+                            break
+                        if all(r.op in produced for r in op.inputs.values() if r.op):
+                            pending.remove(op)
+                            running[pool.submit(self._run_one, op, records[op.id], dict(produced))] = op
+                if not running:
+                    break
+                try:
+                    done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    continue
+                for future in done:
+                    op = running.pop(future)
+                    exc = future.exception()
+                    if exc is None:
+                        produced[op.id] = records[op.id]
+                    elif isinstance(exc, KeyboardInterrupt):
+                        interrupted = True
+                    elif isinstance(exc, YolobuildError):
+                        error = error or exc
+                    else:
+                        raise exc
+        except KeyboardInterrupt:   # a second Ctrl-C while ops were finishing
+            interrupted = True
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        started = [records[op.id] for op in plan.ops if records[op.id].status != "pending"]
+        if interrupted:
+            return Execution(started, interrupted=True)
+        return Execution(started, error=error)
+
+    def _run_one(self, op: Op, rec: OpRecord, produced: dict[str, OpRecord]) -> None:
+        """One op: fingerprint, cache lookup under the entry's lock, run on a miss."""
+        try:
+            rec.status = "running"
+            rec.started = round(time.perf_counter() - self._t0, 3)
+            rec.key = self.key_for(op, produced)
+            rec.fingerprint = fingerprint(rec.key)
+            entry = self.cache.lookup(rec.fingerprint)
+            ran = False
+            if entry is None:
+                self.cache.ensure_writable()
+                with self.cache.lock(rec.fingerprint):
+                    entry = self.cache.lookup(rec.fingerprint)  # a concurrent build may have made it
+                    if entry is None:
+                        rec.reason = explain(rec.key, self.previous.get(op.id))
+                        entry = self._execute(op, rec, produced)
+                        rec.status, ran = ("handoff" if op.kind == "handoff" else "ran"), True
+            if not ran:
+                rec.status, rec.reason = "cached", "fingerprint found in cache"
+                rec.seconds = entry.record.get("seconds", 0.0)
+            rec.outputs, rec.results = entry.outputs, entry.record.get("results", {})
+        except KeyboardInterrupt:
+            rec.status, rec.reason = "failed", "interrupted"
+            self._report(rec)
+            raise
+        except YolobuildError as exc:
+            rec.status, rec.reason = "failed", str(exc)
+            self._report(rec)
+            raise
+        self._report(rec)
+
+    def _report(self, rec: OpRecord) -> None:
+        with self._report_lock:
+            self.on_op(rec)
 
     def _execute(self, op: Op, rec: OpRecord, produced: dict[str, OpRecord]) -> Entry:
         from ..ops import OpContext

@@ -1,6 +1,7 @@
 """The sequential YOLO graph both YOLOv5 and YOLOv8 models run: layers with `from` indices."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -20,3 +21,29 @@ class SequentialDetector(nn.Module):
     @property
     def detect(self) -> nn.Module:
         return self.model[-1]
+
+
+def decode_anchor_based(maps, na: int, no: int, strides, anchors_px, layout: str):
+    """Per-level conv maps (bs, na*no, ny, nx) -> the head layout's outputs, YOLOv5-style decode
+    (xy = (2*sigmoid - 0.5 + cell) * stride, wh = (2*sigmoid)^2 * anchor), shared by every family whose
+    head decodes that way (yolov5, mmyolo, YOLOR's IDetect).
+
+    `anchors_px[i]` is level i's (na, 2) anchors in pixels. Grids and anchor grids are computed here,
+    at trace time, so an export holds them as constants; no slice is written in place (no ScatterND).
+    layout: "split" -> (xy, wh, conf); "decoded" -> one (bs, N, no) tensor."""
+    xys, whs, confs = [], [], []
+    for i, t in enumerate(maps):
+        bs, _, ny, nx = t.shape
+        y = t.view(bs, na, no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
+        shape = (1, na, ny, nx, 2)
+        yv, xv = torch.meshgrid(torch.arange(ny, device=t.device, dtype=t.dtype),
+                                torch.arange(nx, device=t.device, dtype=t.dtype), indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        anchor_grid = anchors_px[i].to(t.dtype).view(1, na, 1, 1, 2).expand(shape)
+        xys.append(((y[..., 0:2] * 2 + grid) * strides[i]).reshape(bs, -1, 2))
+        whs.append(((y[..., 2:4] * 2) ** 2 * anchor_grid).reshape(bs, -1, 2))
+        confs.append(y[..., 4:].reshape(bs, -1, no - 4))
+    xy, wh, conf = torch.cat(xys, 1), torch.cat(whs, 1), torch.cat(confs, 1)
+    if layout == "split":
+        return xy, wh, conf
+    return torch.cat((xy, wh, conf), 2)

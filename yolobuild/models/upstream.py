@@ -92,9 +92,10 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     head = heads[-1] if heads else None
     head_cls = upstream_name(head) if head is not None else "?"
     if cls in YOLOV5_MODEL_CLASSES:
-        if head_cls.endswith(("IDetect", "IAuxDetect")):
-            raise UserError(f"{where}: a YOLOR / YOLOv7 checkpoint ({cls} with {head_cls}); its family is "
-                            "yolor, which this yolobuild does not build yet")
+        if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOR (paper branch): models.yolor reads it
+            from .yolor import describe_yolor
+
+            return describe_yolor(container, model, where)
         family = "yolov5"
         layout = _match_layout(yaml, YOLOV5_LAYOUTS)
         dm, wm = yaml.get("depth_multiple"), yaml.get("width_multiple")

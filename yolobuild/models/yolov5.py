@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .graph import SequentialDetector
+from .graph import SequentialDetector, decode_anchor_based
 
 from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES
 
@@ -143,31 +143,12 @@ class Detect(nn.Module):
             return [self._to_5d(t) for t in x]
         if self.layout == "raw":
             return tuple(x)
-        xys, whs, confs = [], [], []
-        for i, t in enumerate(x):
-            bs, _, ny, nx = t.shape
-            y = self._to_5d(t).sigmoid()
-            grid, anchor_grid = self._make_grid(nx, ny, i, t.dtype, t.device)
-            xys.append(((y[..., 0:2] * 2 + grid) * self.stride[i]).reshape(bs, -1, 2))
-            whs.append(((y[..., 2:4] * 2) ** 2 * anchor_grid).reshape(bs, -1, 2))
-            confs.append(y[..., 4:].reshape(bs, -1, self.no - 4))
-        xy, wh, conf = torch.cat(xys, 1), torch.cat(whs, 1), torch.cat(confs, 1)
-        if self.layout == "split":
-            return xy, wh, conf
-        return torch.cat((xy, wh, conf), 2)
+        return decode_anchor_based(x, self.na, self.no, self.stride,
+                                   [self.anchors[i] * self.stride[i] for i in range(self.nl)], self.layout)
 
     def _to_5d(self, t):
         bs, _, ny, nx = t.shape
         return t.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-
-    def _make_grid(self, nx, ny, i, dtype, device):
-        """Grid offsets (already minus 0.5) and anchors in pixels, computed as constants."""
-        shape = (1, self.na, ny, nx, 2)
-        yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype),
-                                torch.arange(nx, device=device, dtype=dtype), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
-        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
-        return grid, anchor_grid
 
 
 LAYER_TYPES = {c.__name__: c for c in (Conv, Bottleneck, C3, SPP, SPPF, Focus, Concat, Detect)}

@@ -8,6 +8,7 @@ It raises `UserError` for bad user input (exit 2), `ToolchainError` / `CheckFail
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ OP_KINDS: dict[str, OpKind] = {
     "generate_dataset": OpKind("yolobuild.ops.inputs:generate_dataset", 1, ("numpy", "pillow")),
     "load_model": OpKind("yolobuild.ops.model:load_model", 1, ("torch",)),
     "patch": OpKind("yolobuild.ops.model:patch", 1, ("torch",)),
+    "check_patch": OpKind("yolobuild.ops.model:check_patch", 1, ("torch",)),
     "export_onnx": OpKind("yolobuild.ops.export:export_onnx", 1, ("torch", "onnx")),
     "export_torchscript": OpKind("yolobuild.ops.export:export_torchscript", 1, ("torch",)),
     "simplify": OpKind("yolobuild.ops.export:simplify", 1, ("onnx", "onnxslim")),
@@ -38,6 +40,11 @@ OP_KINDS: dict[str, OpKind] = {
     # hand-off builds: a generic int8 fake-quant of the exported ONNX on the host, labelled a preview
     "preview": OpKind("yolobuild.ops.preview:preview", 1, ("onnxruntime", "onnx", "numpy", "faster-coco-eval")),
 }
+
+
+# torch.onnx.export and torch.jit.trace keep process-wide state (GLOBALS.in_onnx_export, the tracing
+# state), and quiet() swaps sys.stdout: ops running side by side take this lock around them.
+TORCH_EXPORT_LOCK = threading.RLock()
 
 
 @dataclass

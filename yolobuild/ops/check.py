@@ -94,7 +94,7 @@ def check_parity(ctx: OpContext) -> None:
     ctx.results["parity_images"] = n
     ctx.results["parity_threshold"] = threshold
     bad = [f"{k} cosine {fmt_below(v['cosine'], threshold)} < {threshold} (target threshold)"
-           for k, v in stats.items() if v["cosine"] < threshold]
+           for k, v in stats.items() if not v["cosine"] >= threshold]   # NaN (inf outputs) fails
     if bad:
         raise CheckFailed(f"parity: {'; '.join(bad)} over {n} probe image(s)")
 

@@ -30,18 +30,21 @@ def output_names(head: str, strides=(8, 16, 32)) -> list[str]:
 @contextlib.contextmanager
 def quiet():
     """Silence exporter / simplifier warnings and chatter (Python warnings, stdout, their loggers)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxslim", "onnxruntime", "root")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    from . import TORCH_EXPORT_LOCK
+
+    with TORCH_EXPORT_LOCK:     # process-wide state: one quiet section at a time (ops run in threads)
+        loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxslim", "onnxruntime", "root")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with contextlib.redirect_stdout(io.StringIO()):
+                    yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 def _value_shape(v) -> list:

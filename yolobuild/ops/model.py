@@ -191,12 +191,25 @@ def _file_nc(sd: dict[str, torch.Tensor]) -> int | None:
 def _guess_arch(sd: dict[str, torch.Tensor], nc_only: bool = False) -> str:
     """A hint at what a mismatching state_dict is ('yolov5s (layout v6), nc=80'), or ''."""
     parts = []
+    if "bbox_head.head_module.convs_pred.0.weight" in sd:    # mmyolo (mmengine) key layout
+        from ..models.mmyolo import guess_arch as _mmyolo_guess
+
+        return _mmyolo_guess(sd)
     if not nc_only and any(k.endswith(".dfl.conv.weight") for k in sd):
         stem = sd.get("model.0.conv.weight")
         scale = next((s for s, (_, w, mc) in arch.YOLOV8_SCALES.items()
                       if stem is not None and make_divisible(min(64, mc) * w, 8) == stem.shape[0]), "")
         nc = _file_nc(sd)
         return f"yolov8{scale} (anchor-free){f', nc={nc}' if nc else ''}"
+    for family in ([] if nc_only else arch.FAMILIES):   # families that recognise their own key layout
+        try:
+            guess = getattr(family_module(family), "guess_state_dict", None)
+        except ImportError:                             # a hint only: a family that cannot load gives none
+            guess = None
+        name = guess(sd) if guess is not None else None
+        if name:
+            parts.append(name)
+            break
     stem = sd.get("model.0.conv.weight")
     layout = "v6"
     if stem is None and "model.0.conv.conv.weight" in sd:
@@ -206,7 +219,7 @@ def _guess_arch(sd: dict[str, torch.Tensor], nc_only: bool = False) -> str:
             if make_divisible(64 * w, 8) == stem.shape[0]:
                 parts.append(f"yolov5{scale} (layout {layout})")
                 break
-    heads = sorted(k for k in sd if re.fullmatch(r"model\.\d+\.m\.0\.weight", k) and sd[k].ndim == 4
+    heads = sorted(k for k in sd if re.fullmatch(r"(model\.\d+|detect)\.m\.0\.weight", k) and sd[k].ndim == 4
                    and sd[k].shape[2:] == (1, 1))
     if heads:
         head = heads[-1]
@@ -314,7 +327,10 @@ def build_from_meta(meta: dict) -> nn.Module:
         anchors = None
     else:
         anchors = normalize_anchors(anchors, layouts[meta["layout"]]["anchors"])
-    return mod.build(meta.get("scale"), meta["layout"], int(meta["nc"]), anchors)
+    model = mod.build(meta.get("scale"), meta["layout"], int(meta["nc"]), anchors)
+    if meta.get("syncbn"):          # the file held SyncBatchNorm: keep it so that syncbn_to_bn converts it
+        _as_syncbn(model, meta["syncbn"])
+    return model
 
 
 def _set_anchors_px(model: nn.Module, anchors: list[list[float]] | None) -> None:
@@ -340,6 +356,7 @@ def checkpoint_dict(model: nn.Module, meta: dict) -> dict:
         "anchors": _model_anchors_px(model),
         "strides": [int(s) for s in model.detect.stride.tolist()],
         "input_size": meta.get("input_size"),
+        **({"syncbn": meta["syncbn"]} if meta.get("syncbn") else {}),
         "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
     }
 
@@ -399,6 +416,9 @@ def read_weights(path, family: str, layout: str, trust: bool = False, source_rep
         got = foreign(Path(path), layout, where)
         if got is not None:
             return got
+    if Path(path).suffix.lower() == ".weights":
+        raise UserError(f"{where}: a Darknet .weights file is a yolov3 model but the recipe says "
+                        f"{arch.describe(family, None, layout)}; pick recipe=yolov3 or recipe=yolov3-tiny")
     obj = load_checkpoint_file(path, full_pickle={"trust": trust, "source_repo": source_repo})
     from ..models.safe_pickle import Stub
     from ..models.upstream import describe_upstream, pick_model
@@ -463,6 +483,8 @@ def load_model(ctx: OpContext) -> None:
             meta["anchors"] = a
         if file_meta.get("input_size") is not None:
             meta["input_size"] = [int(v) for v in file_meta["input_size"]]
+        if file_meta.get("syncbn"):
+            meta["syncbn"] = file_meta["syncbn"]
     if meta["names"] and len(meta["names"]) != meta["nc"] and "names" not in overrides:
         ctx.log(f"load_model: {len(meta['names'])} names for nc={meta['nc']}; using '0'..'{meta['nc'] - 1}'")
     meta["names"] = _names(meta["names"], meta["nc"])
@@ -557,7 +579,9 @@ _VIEW_KINDS = {"aten::slice", "aten::select", "aten::narrow", "aten::view", "ate
 
 
 def _trace(model: nn.Module, example: torch.Tensor):
-    with warnings.catch_warnings():
+    from . import TORCH_EXPORT_LOCK
+
+    with TORCH_EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
             return torch.jit.trace(model, example, check_trace=False, strict=False)
@@ -588,8 +612,10 @@ def verify_no_inplace_slice(model: nn.Module, example: torch.Tensor | None = Non
 def _onnx_export_bytes(model: nn.Module, example: torch.Tensor, opset: int = 13) -> bytes:
     import io
 
+    from . import TORCH_EXPORT_LOCK
+
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with TORCH_EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.onnx.export(model, example, buf, dynamo=False, opset_version=opset, do_constant_folding=True,
@@ -721,6 +747,28 @@ def syncbn_to_bn(model: nn.Module, example: torch.Tensor | None = None) -> dict:
     return {"replaced": n}
 
 
+def _as_syncbn(model: nn.Module, which) -> int:
+    """The BatchNorm2d layers a checkpoint held as SyncBatchNorm ("all", or their module names) become
+    SyncBatchNorm again (eval on CPU is plain batch norm), for the syncbn_to_bn patch to convert."""
+    names = None if which == "all" else set(which)
+    n = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is nn.BatchNorm2d and (names is None or full in names):
+                sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                        child.track_running_stats)
+                sync.load_state_dict(child.state_dict())
+                setattr(parent, name, sync.train(child.training))
+                n += 1
+                if names is not None:
+                    names.discard(full)
+    if names:
+        raise UserError(f"model: the checkpoint's SyncBatchNorm layer(s) {', '.join(sorted(names)[:3])} are not "
+                        "BatchNorm layers of the model")
+    return n
+
+
 def patch_function(name: str) -> Callable[[nn.Module, torch.Tensor | None], dict]:
     """The function behind a named patch (models.arch.PATCHES)."""
     import importlib
@@ -747,10 +795,14 @@ def apply_graph_settings(model: DetectionModel, head: str, patches=(), do_fuse: 
     check_patch_names(patches)
     model.eval()
     figures: dict[str, Any] = {}
+    patches = list(patches or ())
+    if "syncbn_to_bn" in patches and do_fuse:     # BatchNorm first, so that fuse folds the converted layers
+        figures["syncbn_to_bn"] = syncbn_to_bn(model, example)
+        patches.remove("syncbn_to_bn")
     if do_fuse:
         figures["fused"] = fuse(model)
     model.detect.layout = head
-    for name in patches or ():
+    for name in patches:
         if arch.PATCHES[name]["verify_only"] and not verify:
             continue
         figures[name] = patch_function(name)(model, example)
@@ -792,8 +844,7 @@ def compare_fields(a: np.ndarray, b: np.ndarray, meta: dict | None = None) -> di
 
 
 def patch(ctx: OpContext) -> None:
-    from ..runtime.decode import to_decoded
-
+    """patched.pt: the model with the graph settings (head, patches, fuse) that export applies."""
     p = ctx.params
     head = p["head"]
     patches = list(p.get("patches") or [])
@@ -803,35 +854,54 @@ def patch(ctx: OpContext) -> None:
     src = load_checkpoint_file(ctx.inputs["model"], key="model")
     if not (isinstance(src, dict) and src.get("format") == CHECKPOINT_FORMAT):
         raise UserError(f"model: {ctx.inputs['model']}: not a {CHECKPOINT_FORMAT} file")
+    if src.get("syncbn") and "syncbn_to_bn" not in patches:   # the file held SyncBatchNorm (load_model)
+        patches.insert(0, "syncbn_to_bn")
     patched = dict(src)
     patched.update({"head": head, "patches": patches, "fuse": bool(p.get("fuse")),
                     "height": int(p["height"]), "width": int(p["width"])})
     out = ctx.outputs["patched.pt"]
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(patched, out)
+    if "patch_check.json" in ctx.outputs:     # verified in the same op (plans run check_patch beside export)
+        _verify_patched(ctx, patched)
 
+
+def check_patch(ctx: OpContext) -> None:
+    """The patch op's proof as an op of its own, so a plan can run it beside export and compile."""
+    patched = load_checkpoint_file(ctx.inputs["patched"], key="model")
+    if not (isinstance(patched, dict) and patched.get("format") == CHECKPOINT_FORMAT and "head" in patched):
+        raise UserError(f"model: {ctx.inputs['patched']}: not a patched yolobuild checkpoint")
+    _verify_patched(ctx, patched)
+
+
+def _verify_patched(ctx: OpContext, patched: dict) -> None:
+    """The patched model decodes to what the original computes (patch_check.json), else CheckFailed."""
+    from ..runtime.decode import to_decoded
+
+    head, patches, fused = patched["head"], list(patched.get("patches") or []), bool(patched.get("fuse"))
     x = example_input(patched)
     _, reference = load_checkpoint(ctx.inputs["model"])
     model = copy.deepcopy(reference)          # same as load_patched(out), without building twice
-    model.patch_figures = apply_graph_settings(model, head, patches, bool(p.get("fuse")), x, verify=True)
+    model.patch_figures = apply_graph_settings(model, head, patches, fused, x, verify=True)
     with torch.no_grad():
         ref = reference(x).numpy()
         got = to_decoded(_outputs_numpy(model(x)), head, host_meta(patched))
     if got.shape != ref.shape:
         raise CheckFailed(f"patch: patched model decodes to {got.shape}, the original to {ref.shape}")
     figures = compare_fields(got, ref, host_meta(patched))
-    report = {"head": head, "fuse": bool(p.get("fuse")), "patches": patches,
-              "input": [1, 3, int(p["height"]), int(p["width"])], "fields": figures,
+    report = {"head": head, "fuse": fused, "patches": patches,
+              "input": list(x.shape), "fields": figures,
               "applied": {k: v for k, v in model.patch_figures.items()}}
     ctx.outputs["patch_check.json"].write_text(json.dumps(report, indent=2) + "\n")
     ctx.results["patch_check"] = figures
-    bad = [f"{k} cosine {v['cosine']:.6f} < 0.99999" for k, v in figures.items() if v["cosine"] < 0.99999]
+    bad = [f"{k} cosine {v['cosine']:.6f} < 0.99999" for k, v in figures.items()
+           if not v["cosine"] >= 0.99999]   # written so that a NaN cosine (inf outputs) fails too
     # float32 reassociation (a fused conv, a 6x6 conv for Focus) moves boxes by a few 1e-4 of their size
     box_tol = max(1e-2, 1e-3 * float(np.abs(ref[..., :4]).max()))
     if figures["boxes"]["max_abs"] > box_tol:
         bad.append(f"boxes max_abs {figures['boxes']['max_abs']:.3g} px > {box_tol:.3g} (1e-3 of the largest box value)")
     if bad:
-        raise CheckFailed(f"patch: the patched model ({head} head, fuse={bool(p.get('fuse'))}, "
+        raise CheckFailed(f"patch: the patched model ({head} head, fuse={fused}, "
                           f"patches={patches or 'none'}) differs from the original: {'; '.join(bad)}")
 
 
@@ -842,6 +912,11 @@ def inspect_weights(path, trust: bool = False, source_repo=None) -> dict:
     from ..models.upstream import describe_upstream, pick_model
 
     where = f"model.weights: {path}"
+    for family in arch.FAMILIES:     # formats of a family's own (Darknet .weights): its inspect_foreign says
+        foreign = getattr(family_module(family), "inspect_foreign", None)
+        info = foreign(Path(path)) if foreign is not None else None
+        if info is not None:
+            return info
     obj = load_checkpoint_file(path, full_pickle={"trust": trust, "source_repo": source_repo})
     if pick_model(obj) is not None:
         meta, sd = describe_upstream(obj, where)

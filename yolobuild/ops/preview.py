@@ -70,7 +70,7 @@ def preview(ctx: OpContext) -> None:
            "parity_images": n, "parity": parity}
     if threshold is not None:
         out["target_threshold"] = float(threshold)
-        out["below_threshold"] = sorted(k for k, v in parity.items() if v["cosine"] < float(threshold))
+        out["below_threshold"] = sorted(k for k, v in parity.items() if not v["cosine"] >= float(threshold))
     if p.get("evaluate") and "annotations" in ctx.inputs:
         ev = _sub(ctx, "evaluate", {"head": p["head"], "conf_thres": p["conf_thres"], "iou_thres": p["iou_thres"]},
                   {"outputs": sim.outputs["outputs.npz"], "reference": ctx.inputs["reference"],

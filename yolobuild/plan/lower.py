@@ -99,7 +99,9 @@ def lower(config: Mapping) -> Plan:
           {"weights": w} if w else {}, ("model.pt", "model.json"), final=("model.json",))
     b.add("patch", "patch",
           {"head": cfg["graph"]["head"], "patches": patches, "fuse": cfg["graph"]["fuse"], **size},
-          {"model": Ref("load_model", "model.pt")}, ("patched.pt", "patch_check.json"))
+          {"model": Ref("load_model", "model.pt")}, ("patched.pt",))
+    b.add("check_patch", "check_patch", {}, {"model": Ref("load_model", "model.pt"), "patched": Ref("patch", "patched.pt")},
+          ("patch_check.json",))
     fmt = cfg["frontend"]["format"]
     b.add("export_onnx", "export_onnx",
           {"opset": cfg["frontend"]["opset"], "head": cfg["graph"]["head"], "batch": cfg["input"]["batch"], **size},
@@ -139,29 +141,35 @@ def lower(config: Mapping) -> Plan:
     if handoff:  # a bundle for the vendor's docker (toolchains/handoff.py), and a host int8 preview
         _lower_handoff(b, cfg, tc_name, common, onnx_ref, evaluating, annotations_ref)
         return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="handoff", notes=tuple(notes))
-    b.add("compile", "compile", common, compile_inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
-    if not handoff:
+    if tc.simulates_in_compile:
+        compile_inputs["probe"] = Ref("prepare_inputs", "probe.npz")
+        b.add("compile", "compile", common, compile_inputs, tc.compiled + ("outputs.npz",), final=tc.compiled,
+              toolchain=tc_name)
+        outputs_ref = Ref("compile", "outputs.npz")
+    else:
+        b.add("compile", "compile", common, compile_inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
         sim_inputs = {"model": Ref("compile", tc.compiled[0]), "probe": Ref("prepare_inputs", "probe.npz")}
         if tc.simulate_rebuilds:
             sim_inputs.update({"source": compile_inputs["model"],
                                **({"calib": compile_inputs["calib"]} if "calib" in compile_inputs else {})})
         b.add("simulate", "simulate", common, sim_inputs, ("outputs.npz",), toolchain=tc_name)
-        b.add("check_parity", "check_parity",
-              {"head": cfg["graph"]["head"], "thresholds": target["parity"][prec["name"]], "count": parity_n},
-              {"outputs": Ref("simulate", "outputs.npz"), "reference": Ref("reference", "reference.npz"),
-               "meta": Ref("load_model", "model.json")}, ("parity.json",), final=("parity.json",))
-        if evaluating:
-            b.add("evaluate", "evaluate",
-                  {"head": cfg["graph"]["head"], "conf_thres": cfg["evaluate"]["conf_thres"],
-                   "iou_thres": cfg["evaluate"]["iou_thres"]},
-                  {"outputs": Ref("simulate", "outputs.npz"), "reference": Ref("reference", "reference.npz"),
-                   "meta": Ref("load_model", "model.json"), "probe": Ref("prepare_inputs", "probe.npz"),
-                   "annotations": annotations_ref or Ref("generate_dataset", "eval")}, ("metrics.json",),
-                  final=("metrics.json",))
+        outputs_ref = Ref("simulate", "outputs.npz")
+    b.add("check_parity", "check_parity",
+          {"head": cfg["graph"]["head"], "thresholds": target["parity"][prec["name"]], "count": parity_n},
+          {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
+           "meta": Ref("load_model", "model.json")}, ("parity.json",), final=("parity.json",))
+    if evaluating:
+        b.add("evaluate", "evaluate",
+              {"head": cfg["graph"]["head"], "conf_thres": cfg["evaluate"]["conf_thres"],
+               "iou_thres": cfg["evaluate"]["iou_thres"]},
+              {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
+               "meta": Ref("load_model", "model.json"), "probe": Ref("prepare_inputs", "probe.npz"),
+               "annotations": annotations_ref or Ref("generate_dataset", "eval")}, ("metrics.json",),
+              final=("metrics.json",))
     b.add("package", "package", {**common, "toolchain": tc_name, "compiled": list(tc.compiled)},
           {"model": Ref("compile", tc.compiled[0]), "meta": Ref("load_model", "model.json")}, ("deploy",),
           final=("deploy",))
-    return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="handoff" if handoff else "compiled",
+    return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="compiled",
                 notes=tuple(notes))
 
 

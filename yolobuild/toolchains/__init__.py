@@ -19,14 +19,18 @@ class ToolchainSpec:
     op_version: int = 1
     exports: tuple[str, ...] = ()  # exports the toolchain reads whatever frontend.format says ("torchscript")
     simulate_rebuilds: bool = False  # its simulator needs what compile read (the model source, calibration)
+    simulates_in_compile: bool = False  # its simulator runs only in the session that built the model: compile
+    #                                     runs the probe images too and writes outputs.npz (no simulate op)
 
 
 TOOLCHAINS: dict[str, ToolchainSpec] = {
     "onnxruntime": ToolchainSpec("yolobuild.toolchains.onnxruntime", "host", ("onnxruntime", "onnx"),
                                  quantize_step=True, compiled=("model.ort.onnx",)),
     "openvino": ToolchainSpec(None, "openvino", ("openvino", "nncf"), True, ("model.xml", "model.bin")),
+    # the PC simulator needs build() in the same session, and two builds differ in ~1k bytes: the model
+    # that ships is the model that was simulated only if one session does both
     "rknn-toolkit2": ToolchainSpec("yolobuild.toolchains.rknn2", "rknn-toolkit2", ("rknn-toolkit2",), False,
-                                   ("model.rknn",), simulate_rebuilds=True),
+                                   ("model.rknn",), op_version=2, simulates_in_compile=True),
     # simulate_rebuilds: simulate reads the ONNX for its output names (the bmodel's carry suffixes)
     "tpu-mlir": ToolchainSpec("yolobuild.toolchains.tpu_mlir", "tpu-mlir", ("tpu_mlir",), False, ("model.bmodel",),
                               simulate_rebuilds=True),

@@ -1,7 +1,8 @@
 """Cambricon MLU220 / MLU270 (torch_mlu 1.x + genoff): hand-off bundle (seeds 001 and 004).
 
 Bundle: model.pth (weights-only state_dict, no conv+BN fuse, legacy serialization that PyTorch 1.3
-reads), yolov5_mlu.py (the model definition the scripts import, PyTorch 1.3 compatible),
+reads), <family>_mlu.py (the model definition the scripts import, PyTorch 1.3 compatible; one
+template per family, TEMPLATES),
 quantize.py (int8/int16: mlu_quantize.quantize_dynamic_mlu with the recipe's qconfig over the
 calibration list, on the CPU), genoff.py (the offline .cambricon model per core version), run.sh,
 README.md. Nothing here imports torch_mlu on the host.
@@ -15,7 +16,6 @@ from pathlib import Path
 from . import handoff as ho
 from .handoff import Bundle, Option, is_int, is_number, is_text, is_triple
 
-TEMPLATE = Path(__file__).parent / "templates" / "mlu_yolov5.py"
 CORES = {"MLU220": 4, "MLU270": 16}                 # core_number ceilings
 QUANTIZED_MODE = {"fp16": 0, "int8": 1, "int16": 2}  # genoff -quantized_mode
 
@@ -42,6 +42,7 @@ SDK = ("Cambricon PyTorch (torch_mlu) 1.x on PyTorch 1.3 with Neuware / CNToolki
 
 
 def _config_block(b: Bundle) -> str:
+    """CONFIG of templates/mlu_yolov5.py: the yolov5 layer table and scale multiples."""
     from ..models.arch import YOLOV5_LAYOUTS, YOLOV5_SCALES
 
     meta = b.meta
@@ -57,11 +58,47 @@ def _config_block(b: Bundle) -> str:
     return "CONFIG = " + pprint.pformat(cfg, width=110, sort_dicts=False)
 
 
+def _config_darknet(b: Bundle) -> str:
+    """CONFIG of templates/mlu_darknet.py: the Darknet cfg's layers (classes / filters set for nc)."""
+    from ..models import darknet_cfg as dc
+
+    meta = b.meta
+    layers = dc.walk(dc.with_classes(dc.read_cfg(meta["layout"]), int(meta["nc"])))
+    keep = ("type", "index", "inputs", "c_in", "filters", "size", "stride", "pad", "groups", "bn", "act")
+    levels = dc.levels(layers)
+    cfg = {
+        "layout": meta["layout"], "nc": int(meta["nc"]), "names": list(meta["names"]),
+        "anchors_px": [[float(v) for pair in level for v in pair] for level in meta["anchors_px"]],
+        "strides": [int(s) for s in meta["strides"]], "head": b.params["head"],
+        "input": [b.batch, 3, b.height, b.width], "scale": b.scale,  # input pixel scale (1/255)
+        "heads": {y["index"] - 1: level for level, y in enumerate(levels)},     # conv before a [yolo] -> level
+        "yolo_levels": {y["index"]: level for level, y in enumerate(levels)},
+        "layers": [{k: la[k] for k in keep if k in la} for la in layers],
+    }
+    return "CONFIG = " + pprint.pformat(cfg, width=110, sort_dicts=False)
+
+
+# family -> (template in templates/, the module name the bundle's scripts import, its CONFIG writer, activation note)
+TEMPLATES = {
+    "yolov5": ("mlu_yolov5.py", "yolov5_mlu", _config_block, "SiLU as x*sigmoid(x)"),
+    "yolov3": ("mlu_darknet.py", "yolov3_mlu", _config_darknet, "Darknet cfg layers, LeakyReLU(0.1)"),
+}
+
+
+def _template(b: Bundle) -> tuple:
+    family = b.meta.get("family", "yolov5")
+    if family not in TEMPLATES:
+        raise ho.UserError(f"model.family: {family} has no Cambricon model definition template; "
+                           f"allowed: {', '.join(TEMPLATES)}")
+    return TEMPLATES[family]
+
+
 def model_definition(b: Bundle) -> str:
-    text = TEMPLATE.read_text()
+    file, _, config, _ = _template(b)
+    text = (Path(__file__).parent / "templates" / file).read_text()
     marker = "CONFIG = {}  # @CONFIG@"
     assert marker in text
-    return text.replace(marker, _config_block(b))
+    return text.replace(marker, config(b))
 
 
 def weights_only_pth(patched: Path) -> bytes:
@@ -116,7 +153,7 @@ import torch
 import torch_mlu  # noqa: F401  (registers the MLU backend)
 import torch_mlu.core.mlu_quantize as mlu_quantize
 
-from yolov5_mlu import build_model, load_image
+from {module} import build_model, load_image
 
 DTYPE = {dtype!r}
 QCONFIG = {qconfig}
@@ -159,7 +196,7 @@ import torch_mlu  # noqa: F401
 import torch_mlu.core.mlu_model as ct
 import torch_mlu.core.mlu_quantize as mlu_quantize
 
-from yolov5_mlu import build_model
+from {module} import build_model
 
 
 def parse_args():
@@ -224,7 +261,8 @@ def render(b: Bundle) -> None:
                            f"allowed: {', '.join(QUANTIZED_MODE)}")
     mode = QUANTIZED_MODE[b.precision]
     b.files["model.pth"] = weights_only_pth(b.inputs["patched"])
-    b.text("yolov5_mlu.py", model_definition(b))
+    _, module, _, act_note = _template(b)
+    b.text(f"{module}.py", model_definition(b))
     weights = "model.pth"
     if mode in (1, 2):
         if not b.calib_files:
@@ -234,14 +272,14 @@ def render(b: Bundle) -> None:
                    "std": [float(v) for v in o["std"]], "per_channel": o["per_channel"],
                    "firstconv": o["firstconv"]}
         weights = f"model_{b.precision}.pth"
-        b.text("quantize.py", QUANTIZE.format(dtype=b.precision, qconfig=pprint.pformat(qconfig, sort_dicts=False),
-                                               output=weights))
+        b.text("quantize.py", QUANTIZE.format(module=module, dtype=b.precision,
+                                               qconfig=pprint.pformat(qconfig, sort_dicts=False), output=weights))
         b.steps.append('"$PYTHON" quantize.py --weights model.pth --data dataset.txt --output ' + weights)
     mname = f"{b.name}_{mcore.lower()}"
-    b.text("genoff.py", GENOFF.format(model=weights, mname=mname, mcore=mcore, core_number=o["core_number"],
-                                      batch=b.batch, height=b.height, width=b.width, half_input=o["half_input"],
-                                      input_format=o["input_format"], fake_device=o["fake_device"],
-                                      quantized_mode=mode))
+    b.text("genoff.py", GENOFF.format(module=module, model=weights, mname=mname, mcore=mcore,
+                                      core_number=o["core_number"], batch=b.batch, height=b.height, width=b.width,
+                                      half_input=o["half_input"], input_format=o["input_format"],
+                                      fake_device=o["fake_device"], quantized_mode=mode))
     b.steps.append(
         f'"$PYTHON" genoff.py -model {weights} -mname {mname} -mcore {mcore} -core_number {o["core_number"]} '
         f'-batch_size {b.batch} -in_height {b.height} -in_width {b.width} -half_input {o["half_input"]} '
@@ -253,7 +291,7 @@ def render(b: Bundle) -> None:
     b.readme += [
         "## Cambricon notes", "",
         "- `model.pth`: weights only (`torch.load` gives a state_dict), conv+BN not fused, no AutoShape; "
-        "`yolov5_mlu.py` is the model definition it loads into (SiLU as x*sigmoid(x), PyTorch 1.3 compatible).",
+        f"`{module}.py` is the model definition it loads into ({act_note}, PyTorch 1.3 compatible).",
         (f"- `quantize.py`: {b.precision} quantization on the CPU with `mlu_quantize.quantize_dynamic_mlu` and "
          "the recipe's qconfig (backend.options iteration, use_avg, data_scale, mean, std, per_channel, firstconv), "
          f"over `dataset.txt`; writes `{weights}`." if mode else
@@ -262,7 +300,8 @@ def render(b: Bundle) -> None:
         f"(-core_number {o['core_number']}, -batch_size {b.batch}, -half_input {o['half_input']}, "
         f"-input_format {o['input_format']}, -fake_device {o['fake_device']}).",
         f"- Outputs of the offline model: head `{p['head']}`"
-        + (" — three raw conv outputs; decode on the host with the anchors in yolov5_mlu.py CONFIG." if p["head"] == "raw"
+        + (f" — {len(b.meta['strides'])} raw conv outputs; decode on the host with the anchors in "
+           f"{module}.py CONFIG." if p["head"] == "raw"
            else "."), ""]
 
 

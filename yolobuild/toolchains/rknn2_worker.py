@@ -75,22 +75,19 @@ def _hybrid_build(rknn, r: dict, head: set[str]):
     return hybrid
 
 
-def compile(request: dict) -> dict:
+def compile_and_simulate(request: dict) -> dict:
+    """Build, export the .rknn, then run the PC simulator on the probe images in the same session
+    (the simulator runs only after build() in the process that built the model)."""
+    import time
+
+    import numpy as np
+
+    start = time.time()
     rknn, names = _build(request)
     try:
         if rknn.export_rknn(request["out"]) != 0:
             raise RuntimeError("rknn.export_rknn failed")
-    finally:
-        rknn.release()
-    return {"outputs": names, "bytes": Path(request["out"]).stat().st_size}
-
-
-def simulate(request: dict) -> dict:
-    """The simulator runs only after build() in the same process, so the model is rebuilt here."""
-    import numpy as np
-
-    rknn, names = _build(request)
-    try:
+        built = time.time()
         if rknn.init_runtime() != 0:
             raise RuntimeError("rknn.init_runtime (PC simulator) failed")
         images = np.load(request["images"])
@@ -108,4 +105,5 @@ def simulate(request: dict) -> dict:
             np.save(out_dir / f"{i}.npy", np.stack(stacked[n]))
     finally:
         rknn.release()
-    return {"outputs": names, "images": int(len(images))}
+    return {"outputs": names, "bytes": Path(request["out"]).stat().st_size, "images": int(len(images)),
+            "seconds_building": round(built - start, 3), "seconds_simulating": round(time.time() - built, 3)}

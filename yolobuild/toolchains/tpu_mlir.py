@@ -139,7 +139,7 @@ def compile(ctx: OpContext) -> None:
                               "quantize_table": result.get("quantize_table", []),
                               **{k: req[k] for k in ("platform", "quantize", "num_core", "asymmetric")}}
     threshold = float(req["tolerance"]) if req["precision"] == "int8" else 0.99
-    low = {name: c for name, c in steps["bmodel_vs_top"]["cosine"].items() if c < threshold}
+    low = {name: c for name, c in steps["bmodel_vs_top"]["cosine"].items() if not c >= threshold}
     if low:
         worst = min(low, key=low.get)
         hint = ("; keys that may help: backend.options.quantize_table (keep layers in higher precision, e.g. head), "

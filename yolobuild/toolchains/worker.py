@@ -80,7 +80,9 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
         said = " | ".join(dict.fromkeys(tool_said)) if tool_said else detail
         raise ToolchainError(f"{function.split(':')[-1]} failed: {said[-600:]}; full log: {log}")
     out = result.get("result") or {}
-    out.setdefault("_seconds", round(time.time() - start, 3))
+    end = time.time()
+    out.setdefault("_seconds", round(end - start, 3))
+    out["_window"] = [round(start, 3), round(end, 3)]   # wall-clock span, for overlap-aware accounting
     return out
 
 
