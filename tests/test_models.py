@@ -219,3 +219,14 @@ def test_truncated_full_pickle(work):
     with pytest.raises(UserError, match="truncated or corrupt"):
         run_op("load_model", work / "trunc", params(random=False, family="yolov5", layout="v6"),
                {"weights": work / "trunc.pt"}, ["model.pt", "model.json"])
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_v8_export_parity_on_demo_images(work, v8, head):
+    """The family bar on the demo images (the test above uses noise): per-field cosine and the same
+    post-NMS detections, with at least one detection compared."""
+    from .family_parity import assert_export_parity
+
+    outs, _ = v8
+    figures = assert_export_parity(work / "v8demo", outs["model.pt"], head, H, W, fuse=head != "split")
+    assert figures["detections"] >= 1
