@@ -135,3 +135,27 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
                 break
     meta["input_size"] = size
     return meta, sd
+
+
+def guess_ultralytics_family(sd: dict) -> dict:
+    """What an ultralytics-layout state_dict (yolov5 v5/v6/p6, yolov8) is, in family-table terms, or {}:
+    read off the stem conv's width and the head's keys, so a loader can name both families."""
+    import math
+
+    def md8(x):
+        return math.ceil(x / 8) * 8
+
+    if any(k.endswith(".dfl.conv.weight") for k in sd):
+        stem = sd.get("model.0.conv.weight")
+        scale = next((s for s, (_, w, mc) in YOLOV8_SCALES.items()
+                      if stem is not None and md8(min(64, mc) * w) == stem.shape[0]), None)
+        return {"family": "yolov8", "scale": scale, "layout": "v8"}
+    stem, layout = sd.get("model.0.conv.weight"), "v6"
+    if stem is None and "model.0.conv.conv.weight" in sd:
+        stem, layout = sd["model.0.conv.conv.weight"], "v5"
+    if stem is None:
+        return {}
+    if layout == "v6" and any(k.startswith("model.33.") for k in sd):
+        layout = "p6"
+    scale = next((s for s, (_, w) in YOLOV5_SCALES.items() if md8(64 * w) == stem.shape[0]), None)
+    return {"family": "yolov5", "scale": scale, "layout": layout}

@@ -525,27 +525,11 @@ def guess_state_dict(sd: dict) -> str | None:
 
 def _other_family(sd: dict) -> dict:
     """What a state_dict that is not YOLOR's is, in family-table terms (so the loader names both), or {}."""
-    from .arch import YOLOV5_SCALES, YOLOV8_SCALES
-
-    def md8(x):
-        return math.ceil(x / 8) * 8
+    from .upstream import guess_ultralytics_family
 
     if any(k.startswith("bbox_head.head_module.") for k in sd):
         return {"family": "mmyolo-yolov5", "scale": None, "layout": "v61"}
-    if any(k.endswith(".dfl.conv.weight") for k in sd):
-        stem = sd.get("model.0.conv.weight")
-        scale = next((s for s, (_, w, mc) in YOLOV8_SCALES.items()
-                      if stem is not None and md8(min(64, mc) * w) == stem.shape[0]), None)
-        return {"family": "yolov8", "scale": scale, "layout": "v8"}
-    stem, layout = sd.get("model.0.conv.weight"), "v6"
-    if stem is None and "model.0.conv.conv.weight" in sd:
-        stem, layout = sd["model.0.conv.conv.weight"], "v5"
-    if stem is None:
-        return {}
-    if layout == "v6" and any(k.startswith("model.33.") for k in sd):
-        layout = "p6"
-    scale = next((s for s, (_, w) in YOLOV5_SCALES.items() if md8(64 * w) == stem.shape[0]), None)
-    return {"family": "yolov5", "scale": scale, "layout": layout}
+    return guess_ultralytics_family(sd)
 
 
 def convert_state_dict(obj: Any, sd: dict, where: str) -> tuple[dict, dict]:
