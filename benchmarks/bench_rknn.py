@@ -41,8 +41,9 @@ def main() -> None:
     print(f"yolov5s 640 int8 rk3588, cold cache: wall {wall:.1f} s, inside the rknn worker {inside:.1f} s "
           f"(build + export {c['seconds_building']:.1f} s, simulator on {c['simulated_images']} images "
           f"{c['seconds_simulating']:.1f} s), yolobuild's own share {100 * (wall - inside) / wall:.1f}% (bar <= 15%)")
-    for op in m["ops"]:
-        print(f"    {op['id']:<17} {op['seconds']:6.2f} s")
+    print("    op                 start    seconds   (after the run began; ops overlap)")
+    for op in sorted(m["ops"], key=lambda o: o["started"]):
+        print(f"    {op['id']:<17} {op['started']:6.2f} s {op['seconds']:7.2f} s")
 
 
 if __name__ == "__main__":

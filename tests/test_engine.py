@@ -212,3 +212,53 @@ def test_entry_files_are_complete_json(tmp_path):
     for entry in (cache.root / "entries").rglob("*.json"):
         body = json.loads(entry.read_text())
         assert body["outputs"] and body["key"]["kind"] in ("t_write", "t_upper")
+
+
+# --------------------------------------------------------------------------- scheduling
+
+def op_pid(ctx):
+    """Writes the id of the process it ran in."""
+    ctx.outputs["out.txt"].write_text(str(os.getpid()))
+    ctx.results["pid"] = os.getpid()
+
+
+def op_refuse(ctx):
+    from yolobuild.errors import UserError
+
+    raise UserError("dataset.calib.path: /nowhere holds no images", ["dataset.calib.path: empty", "second line"])
+
+
+def test_numpy_ops_run_in_a_child_process_and_their_user_errors_come_back_whole(tmp_path, monkeypatch):
+    from yolobuild.errors import UserError
+
+    monkeypatch.setitem(OP_KINDS, "t_pid", OpKind(f"{__name__}:op_pid", 1, ("numpy",), own_process=True))
+    monkeypatch.setitem(OP_KINDS, "t_refuse", OpKind(f"{__name__}:op_refuse", 1, ("numpy",), own_process=True))
+    ex = Runner(Cache(tmp_path / "c")).run(Plan("t", (Op("a", "t_pid", {}, {}, ("out.txt",)),), "compiled"))
+    assert ex.error is None and ex.records[0].status == "ran"
+    assert ex.records[0].results["pid"] != os.getpid()
+    ex = Runner(Cache(tmp_path / "c")).run(Plan("t", (Op("b", "t_refuse", {}, {}, ("out.txt",)),), "compiled"))
+    assert isinstance(ex.error, UserError) and ex.error.exit_code == 2
+    assert ex.error.lines == ["dataset.calib.path: empty", "second line"]
+
+
+def _op(op_id, kind="t_write", env="host", needs=()):
+    return Op(op_id, kind, {}, {n: Ref(n, "out.txt") for n in needs}, ("out.txt",), env=env)
+
+
+def test_the_worker_op_starts_before_host_checks_and_host_ops_take_turns(monkeypatch):
+    from yolobuild.engine.runner import ready_to_start, start_order
+
+    monkeypatch.setitem(OP_KINDS, "t_pid", OpKind(f"{__name__}:op_pid", 1, ("numpy",), own_process=True))
+    export, data = _op("export"), _op("data", kind="t_pid")
+    check = _op("check", needs=("export",))                       # reads export, feeds no worker
+    compile_ = _op("compile", kind="compile", env="rknn-toolkit2", needs=("export", "data"))
+    order = start_order(Plan("t", (export, data, check, compile_), "compiled"))
+    assert [op.id for op in order] == ["compile", "export", "data", "check"]
+    # at the start: the in-interpreter export and the child-process data op together
+    assert [op.id for op in ready_to_start(order, [], set(), jobs=2)] == ["export", "data"]
+    # both done: the compile goes first, and the check beside it
+    assert [op.id for op in ready_to_start([compile_, check], [], {"export", "data"}, jobs=2)] == ["compile", "check"]
+    # two in-interpreter ops never run at once, even with slots free
+    other = _op("other")
+    assert [op.id for op in ready_to_start([check, other], [export], {"export"}, jobs=4)] == []
+    assert [op.id for op in ready_to_start([check, other], [], {"export"}, jobs=4)] == ["check"]

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from yolobuild.errors import CheckFailed, UserError  # noqa: E402
+from yolobuild.errors import CheckFailed, ToolchainError, UserError  # noqa: E402
 from yolobuild.runtime.decode import fields, to_decoded  # noqa: E402
 
 from .family_parity import cosine, run_op  # noqa: E402,F401
@@ -301,6 +301,25 @@ def test_export_is_deterministic_and_simplify_keeps_io(work, exports):
     assert [o.name for o in b.get_outputs()] == ["output"] and b.get_inputs()[0].name == "images"
     x = np.random.default_rng(3).random((1, 3, H, W), dtype=np.float32)
     np.testing.assert_allclose(b.run(None, {"images": x})[0], a.run(None, {"images": x})[0], rtol=1e-4, atol=1e-4)
+    _, check = run_op("check_simplify", work / "slim_check", {},
+                      {"exported": exports["decoded"]["onnx"], "simplified": s["model.onnx"]}, ["simplify_check.json"])
+    assert 0 <= check["max_abs_diff"]["output"] < 1e-4
+
+
+def test_check_simplify_refuses_a_model_that_computes_something_else(work, exports):
+    """The exported graph with its output doubled stands in for a simplifier that broke the graph."""
+    other = onnx.load(str(exports["decoded"]["onnx"]))
+    scale = onnx.helper.make_tensor("two", onnx.TensorProto.FLOAT, [], [2.0])
+    other.graph.initializer.append(scale)
+    last = other.graph.output[0].name
+    other.graph.node.append(onnx.helper.make_node("Mul", [last + "_pre", "two"], [last]))
+    for node in other.graph.node[:-1]:
+        node.output[:] = [o + "_pre" if o == last else o for o in node.output]
+    broken = work / "broken.onnx"
+    onnx.save(other, str(broken))
+    with pytest.raises(ToolchainError, match="differs from the exported one"):
+        run_op("check_simplify", work / "slim_bad", {},
+               {"exported": exports["decoded"]["onnx"], "simplified": broken}, ["simplify_check.json"])
 
 
 # --------------------------------------------------------------------------- inputs

@@ -84,7 +84,7 @@ def upstream_checkpoint(model: nn.Module, path, syncbn: bool = True, tweak=None)
     with fake_modules(UPSTREAM_CLASSES) as mods:
         up = copy.deepcopy(model).float().eval()
         for m in up.modules():
-            if type(m).__module__ == "yolobuild.models.yolor":
+            if type(m).__module__ in ("yolobuild.models.yolor", "yolobuild.models.yolov5"):   # Conv & co. are shared
                 m.__class__ = getattr(mods["models.yolo" if type(m).__name__ in ("Model", "IDetect")
                                            else "models.common"], type(m).__name__)
         head = up.model[-1]

@@ -5,6 +5,7 @@ turn every yolobuild error into one line on stderr and its exit code.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -371,4 +372,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The console script. Ends with os._exit once the output is flushed: everything main() writes is
+    closed by then, and the interpreter's teardown (torch, onnxruntime) would add ~0.8 s to every
+    build (measured) for nothing."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

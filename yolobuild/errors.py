@@ -24,6 +24,9 @@ class UserError(YolobuildError):
         super().__init__(message)
         self.lines = lines or [message]
 
+    def __reduce__(self):   # keeps `lines` when an op's error comes back from a child process
+        return type(self), (str(self), self.lines)
+
 
 class ToolchainError(YolobuildError):
     """A toolchain is missing, crashed, or refused the model."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ToolchainError, UserError, YolobuildError
+from ..ops import OP_KINDS
 from ..plan.ir import Op, Plan, Ref
 from .cache import Cache, Entry, sha256_tree
 
@@ -165,6 +166,36 @@ def feeds_a_worker(plan: Plan) -> set[str]:
     return needed
 
 
+def start_order(plan: Plan) -> list[Op]:
+    """Toolchain-worker ops first (the long compile), then what they wait for, then the rest; else plan order."""
+    feeding = feeds_a_worker(plan)
+    return sorted(plan.ops, key=lambda op: 0 if op.env != "host" else 1 if op.id in feeding else 2)
+
+
+def in_interpreter(op: Op) -> bool:
+    """Runs in this interpreter (a host op not moved to engine.child's process)."""
+    kind = OP_KINDS.get(op.kind)
+    return op.env == "host" and not (kind and kind.own_process)
+
+
+def ready_to_start(pending: list[Op], running: list[Op], produced: set[str], jobs: int) -> list[Op]:
+    """The ops to start now, in `pending`'s order: inputs produced, at most `jobs` running in all,
+    and at most one op in this interpreter at a time. Those share its lock (the GIL) and torch /
+    onnxruntime already use every core, so two at once each take about twice as long (measured);
+    a toolchain worker and the numpy/Pillow ops run in processes of their own, beside them."""
+    chosen: list[Op] = []
+    busy = any(in_interpreter(op) for op in running)
+    for op in pending:
+        if len(running) + len(chosen) >= jobs:
+            break
+        if busy and in_interpreter(op):
+            continue
+        if all(r.op in produced for r in op.inputs.values() if r.op):
+            chosen.append(op)
+            busy = busy or in_interpreter(op)
+    return chosen
+
+
 def max_jobs() -> int:
     """How many ops may run at once (YOLOBUILD_JOBS, default 2: a toolchain worker and host work)."""
     value = os.environ.get("YOLOBUILD_JOBS", "2")
@@ -249,15 +280,16 @@ class Runner:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, plan: Plan) -> Execution:
-        """Run the plan's ops as their inputs become ready, up to `jobs()` at a time.
+        """Run the plan's ops as their inputs become ready, up to `max_jobs()` at a time.
 
-        Independent ops overlap: a toolchain worker's compile and its simulator run (separate
-        processes) and host ops such as the PyTorch reference run side by side. After a failure
+        A toolchain worker's compile (a separate process) and host ops such as the PyTorch
+        reference run side by side; ops in this interpreter run one at a time (see ready_to_start),
+        the numpy/Pillow ones in a child process of their own (engine.child). After a failure
         or an interrupt nothing new starts; ops already running finish (or stop with their
         worker) and every finished op stays cached."""
         records = {op.id: OpRecord(op) for op in plan.ops}
         produced: dict[str, OpRecord] = {}
-        pending = sorted(plan.ops, key=lambda op: op.id not in feeds_a_worker(plan))   # stable: else plan order
+        pending = start_order(plan)
         running: dict[Future, Op] = {}
         error: YolobuildError | None = None
         interrupted = False
@@ -267,12 +299,9 @@ class Runner:
         try:
             while pending or running:
                 if error is None and not interrupted:
-                    for op in list(pending):
-                        if len(running) >= jobs:
-                            break
-                        if all(r.op in produced for r in op.inputs.values() if r.op):
-                            pending.remove(op)
-                            running[pool.submit(self._run_one, op, records[op.id], dict(produced))] = op
+                    for op in ready_to_start(pending, list(running.values()), set(produced), jobs):
+                        pending.remove(op)
+                        running[pool.submit(self._run_one, op, records[op.id], dict(produced))] = op
                 if not running:
                     break
                 try:
@@ -295,6 +324,9 @@ class Runner:
             interrupted = True
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            from .child import stop as stop_child
+
+            stop_child()
         started = [records[op.id] for op in plan.ops if records[op.id].status != "pending"]
         if interrupted:
             return Execution(started, interrupted=True)
@@ -352,7 +384,13 @@ class Runner:
             rec.log = ctx.log_file
             start = time.perf_counter()
             try:
-                implementation(op)(ctx)
+                kind = OP_KINDS.get(op.kind)
+                if kind and kind.own_process:
+                    from .child import run_in_child
+
+                    run_in_child(kind.impl, ctx)
+                else:
+                    implementation(op)(ctx)
             except YolobuildError:
                 rec.results = ctx.results
                 raise

@@ -32,14 +32,11 @@ from torch import nn
 from ..errors import CheckFailed, UserError
 from ..ops import TORCH_EXPORT_LOCK
 from .graph import SequentialDetector, decode_anchor_based
+from .yolov5 import Bottleneck, Concat, Conv  # upstream YOLOR's common.py has the same blocks
 from .yolor_arch import FAMILIES, YOLOR_BACKBONE_ROWS, YOLOR_LAYOUTS
 
 FAMILY = "yolor"
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03   # upstream's initialize_weights sets these on every BatchNorm2d
-
-
-def autopad(k: int, p: int | None = None) -> int:
-    return k // 2 if p is None else p
 
 
 class ImplicitA(nn.Module):
@@ -73,35 +70,6 @@ class ReOrg(nn.Module):
 
     def forward(self, x):
         return torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1)
-
-
-class Conv(nn.Module):
-    """Conv2d + BatchNorm2d + SiLU."""
-
-    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
-        super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
-        self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.SiLU() if act else nn.Identity()
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
-
-    def forward_fuse(self, x):
-        return self.act(self.conv(x))
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
-        super().__init__()
-        c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_, c2, 3, 1, g=g)
-        self.add = shortcut and c1 == c2
-
-    def forward(self, x):
-        y = self.cv2(self.cv1(x))
-        return x + y if self.add else y
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -165,15 +133,6 @@ class SPPCSP(nn.Module):
         x1 = self.cv4(self.cv3(self.cv1(x)))
         y1 = self.cv6(self.cv5(torch.cat([x1] + [m(x1) for m in self.m], 1)))
         return self.cv7(self.act(self.bn(torch.cat((y1, self.cv2(x)), 1))))
-
-
-class Concat(nn.Module):
-    def __init__(self, dimension=1):
-        super().__init__()
-        self.d = dimension
-
-    def forward(self, x):
-        return torch.cat(x, self.d)
 
 
 class IDetect(nn.Module):

@@ -20,19 +20,21 @@ class OpKind:
     version: int              # bump when the implementation's output changes
     tools: tuple[str, ...]    # distributions whose versions enter the fingerprint
     cacheable: bool = True
+    own_process: bool = False  # numpy/Pillow only: runs in engine.child's process, beside the torch ops
 
 
 # Host ops. Toolchain ops (quantize, compile, simulate, handoff) come from yolobuild.toolchains.
 OP_KINDS: dict[str, OpKind] = {
-    "generate_dataset": OpKind("yolobuild.ops.inputs:generate_dataset", 1, ("numpy", "pillow")),
+    "generate_dataset": OpKind("yolobuild.ops.inputs:generate_dataset", 1, ("numpy", "pillow"), own_process=True),
     "load_model": OpKind("yolobuild.ops.model:load_model", 1, ("torch",)),
     "patch": OpKind("yolobuild.ops.model:patch", 1, ("torch",)),
     "check_patch": OpKind("yolobuild.ops.model:check_patch", 1, ("torch",)),
     "export_onnx": OpKind("yolobuild.ops.export:export_onnx", 1, ("torch", "onnx")),
     "export_torchscript": OpKind("yolobuild.ops.export:export_torchscript", 1, ("torch",)),
-    "simplify": OpKind("yolobuild.ops.export:simplify", 1, ("onnx", "onnxslim")),
-    "prepare_inputs": OpKind("yolobuild.ops.inputs:prepare_inputs", 1, ("numpy", "pillow")),
-    "calibrate": OpKind("yolobuild.ops.inputs:calibrate", 1, ("numpy", "pillow")),
+    "simplify": OpKind("yolobuild.ops.export:simplify", 2, ("onnx", "onnxslim")),
+    "check_simplify": OpKind("yolobuild.ops.export:check_simplify", 1, ("onnx", "onnxruntime")),
+    "prepare_inputs": OpKind("yolobuild.ops.inputs:prepare_inputs", 1, ("numpy", "pillow"), own_process=True),
+    "calibrate": OpKind("yolobuild.ops.inputs:calibrate", 1, ("numpy", "pillow"), own_process=True),
     "reference": OpKind("yolobuild.ops.reference:reference", 1, ("torch",)),
     "check_parity": OpKind("yolobuild.ops.check:check_parity", 1, ("numpy",)),
     "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval")),

@@ -109,6 +109,8 @@ def lower(config: Mapping) -> Plan:
     onnx_ref = Ref("export_onnx", "model.onnx")
     if cfg["frontend"]["simplify"]:
         b.add("simplify", "simplify", {}, {"model": onnx_ref}, ("model.onnx",), final=("model.onnx",))
+        b.add("check_simplify", "check_simplify", {}, {"exported": onnx_ref, "simplified": Ref("simplify", "model.onnx")},
+              ("simplify_check.json",))
         onnx_ref = Ref("simplify", "model.onnx")
     tc_name = cfg["backend"]["toolchain"]   # the target's toolchain unless backend.toolchain picks another
     tc = TOOLCHAINS[tc_name]

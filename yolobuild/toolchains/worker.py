@@ -9,6 +9,7 @@ Only the standard library is imported at the top: this module runs inside vendor
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -46,6 +47,30 @@ def _package_only_path(workdir: Path) -> Path:
     return root
 
 
+def _child_env(python: Path, env: dict[str, str], path_root: Path) -> dict[str, str]:
+    import_path = ":".join(filter(None, [str(_package_only_path(path_root)), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": import_path, "PYTHONUNBUFFERED": "1",
+            "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
+
+
+def _run_worker(python: Path, function: str, req_path: Path, res_path: Path, workdir: Path, log: Path,
+                timeout: float, env: dict[str, str]) -> tuple[int, float]:
+    """-> (exit code, when the worker started)."""
+    with open(log, "a") as f:
+        f.write(f"$ {python} -m yolobuild.toolchains.worker {req_path} ({function})\n")
+        f.flush()
+        start = time.time()
+        try:
+            proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
+                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=_child_env(python, env, workdir),
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            from ..errors import ToolchainError
+
+            raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
+    return proc.returncode, start
+
+
 def call(python: Path, function: str, request: dict, workdir: Path, log: Path, timeout: float,
          env: dict[str, str]) -> dict:
     """Run `function` (a "module:name" in the yolobuild package) inside the environment of `python`."""
@@ -54,18 +79,7 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
     workdir.mkdir(parents=True, exist_ok=True)
     req_path, res_path = workdir / "request.json", workdir / "result.json"
     req_path.write_text(json.dumps({**request, "call": function}, indent=1))
-    import_path = ":".join(filter(None, [str(_package_only_path(workdir)), env.get("PYTHONPATH")]))
-    child_env = {**env, "PYTHONPATH": import_path, "PYTHONUNBUFFERED": "1",
-                 "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
-    start = time.time()
-    with open(log, "a") as f:
-        f.write(f"$ {python} -m yolobuild.toolchains.worker {req_path} ({function})\n")
-        f.flush()
-        try:
-            proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
-                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
+    code, start = _run_worker(python, function, req_path, res_path, workdir, log, timeout, env)
     text = log.read_text(errors="replace")
     log.write_text(strip_ansi(text))
     result = None
@@ -74,9 +88,9 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
             result = json.loads(res_path.read_text())
         except ValueError:
             result = None
-    if proc.returncode != 0 or not result or not result.get("ok"):
+    if code != 0 or not result or not result.get("ok"):
         tool_said = error_lines(text, 2)
-        detail = (result or {}).get("error") or f"worker exited with code {proc.returncode}"
+        detail = (result or {}).get("error") or f"worker exited with code {code}"
         said = " | ".join(dict.fromkeys(tool_said)) if tool_said else detail
         raise ToolchainError(f"{function.split(':')[-1]} failed: {said[-600:]}; full log: {log}")
     out = result.get("result") or {}
@@ -104,4 +118,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # os._exit once the result file is written and the log flushed: a vendor toolkit's interpreter
+    # teardown (torch, onnxruntime and its own modules loaded) costs ~0.5 s that the host would wait for
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
