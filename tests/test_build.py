@@ -164,3 +164,26 @@ def test_relative_cache_and_workspace_paths(tmp_path):
                 "evaluate.enabled=false", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "cache" / "objects").is_dir() and (tmp_path / "ws" / "demo_onnxruntime_fp32_96x96").is_dir()
+
+
+def test_ctrl_c_mid_build_exits_130_and_the_next_build_reuses_what_finished(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while ops run in this
+    interpreter and in the helper process: one line, exit 130, no half-written cache entry."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    args = [sys.executable, "-m", "yolobuild", "precision=int8", f"workspace.path={tmp_path / 'ws'}",
+            f"cache.dir={tmp_path / 'cache'}"]
+    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    time.sleep(1.5)          # the int8 demo build takes well over that: the signal lands mid-build
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, out + err
+    assert err.strip().splitlines() == ["interrupted: finished ops stay cached"], err
+    tmp = tmp_path / "cache" / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]

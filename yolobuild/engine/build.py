@@ -187,7 +187,7 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
     runner = Runner(cache, _previous_keys(build_dir), on_op)
     ex = runner.run(plan)
     if ex.interrupted:
-        return BuildResult(plan, build_dir, {}, EXIT_INTERRUPTED, "interrupted: finished ops stay cached")
+        return BuildResult(plan, build_dir, {}, EXIT_INTERRUPTED, "finished ops stay cached")
     if isinstance(ex.error, UserError):
         raise ex.error  # nothing written: the build folder keeps the last good build
     try:
