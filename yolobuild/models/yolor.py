@@ -31,8 +31,8 @@ from torch import nn
 
 from ..errors import CheckFailed, UserError
 from ..ops import TORCH_EXPORT_LOCK
-from .graph import SequentialDetector, decode_anchor_based
-from .yolov5 import Bottleneck, Concat, Conv  # upstream YOLOR's common.py has the same blocks
+from .graph import SequentialDetector
+from .yolov5 import Bottleneck, Concat, Conv, Detect  # upstream YOLOR's common.py has the same blocks
 from .yolor_arch import FAMILIES, YOLOR_BACKBONE_ROWS, YOLOR_LAYOUTS
 
 FAMILY = "yolor"
@@ -135,39 +135,24 @@ class SPPCSP(nn.Module):
         return self.cv7(self.act(self.bn(torch.cat((y1, self.cv2(x)), 1))))
 
 
-class IDetect(nn.Module):
+class IDetect(Detect):
     """YOLOR's anchor-based head: per level `im[i](m[i](ia[i](x)))`, then YOLOv5's decode.
 
     `layout` selects the eval output: `decoded` ((bs, N, 5+nc): xywh pixels, objectness, class
     probabilities), `split` (xy, wh, conf) or `raw` (the per-level maps after ImplicitM, decoded on
     the host). Training returns the per-level maps as (bs, na, ny, nx, no)."""
 
-    stride = None
-
     def __init__(self, nc=80, anchors=(), ch=()):
-        super().__init__()
-        self.nc = nc
-        self.no = nc + 5
-        self.nl = len(anchors)
-        self.na = len(anchors[0]) // 2
-        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
-        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        super().__init__(nc, anchors, ch)
         self.ia = nn.ModuleList(ImplicitA(x) for x in ch)
         self.im = nn.ModuleList(ImplicitM(self.no * self.na) for _ in ch)
-        self.layout = "decoded"
 
-    def forward(self, x):
-        x = [self.im[i](self.m[i](self.ia[i](x[i]))) for i in range(self.nl)]
-        if self.training:
-            return [self._to_5d(t) for t in x]
-        if self.layout == "raw":
-            return tuple(x)
-        return decode_anchor_based(x, self.na, self.no, [float(s) for s in self.stride],
-                                   [self._anchors_px(i) for i in range(self.nl)], self.layout)
+    def _level_maps(self, x):
+        return [self.im[i](self.m[i](self.ia[i](x[i]))) for i in range(self.nl)]
 
-    def _to_5d(self, t):
-        bs, _, ny, nx = t.shape
-        return t.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+    def _decode_constants(self):
+        """Python floats: constants when traced, never a buffer read (seed 002)."""
+        return [float(s) for s in self.stride], [self._anchors_px(i) for i in range(self.nl)]
 
     def _make_grid(self, nx, ny, i, dtype, device):
         """Cell offsets (minus 0.5) and this level's anchors in pixels as (1, na, 1, 1, 2): constants of a

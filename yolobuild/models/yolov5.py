@@ -38,11 +38,13 @@ class Conv(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
+    """Two conv blocks and a shortcut; kernels (1, 3) in YOLOv5 and YOLOR, (3, 3) in YOLOv8's C2f."""
+
+    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5, k=(1, 3)):
         super().__init__()
         c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.cv1 = Conv(c1, c_, k[0], 1)
+        self.cv2 = Conv(c_, c2, k[1], 1, g=g)
         self.add = shortcut and c1 == c2
 
     def forward(self, x):
@@ -138,13 +140,20 @@ class Detect(nn.Module):
         self.layout = "decoded"
 
     def forward(self, x):
-        x = [self.m[i](x[i]) for i in range(self.nl)]
+        x = self._level_maps(x)
         if self.training:
             return [self._to_5d(t) for t in x]
         if self.layout == "raw":
             return tuple(x)
-        return decode_anchor_based(x, self.na, self.no, self.stride,
-                                   [self.anchors[i] * self.stride[i] for i in range(self.nl)], self.layout)
+        strides, anchors = self._decode_constants()
+        return decode_anchor_based(x, self.na, self.no, strides, anchors, self.layout)
+
+    def _level_maps(self, x):
+        return [self.m[i](x[i]) for i in range(self.nl)]
+
+    def _decode_constants(self):
+        """Per-level strides and anchors in pixels for the decode."""
+        return self.stride, [self.anchors[i] * self.stride[i] for i in range(self.nl)]
 
     def _to_5d(self, t):
         bs, _, ny, nx = t.shape

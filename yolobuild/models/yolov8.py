@@ -20,19 +20,7 @@ from torch import nn
 from .graph import SequentialDetector
 
 from .arch import YOLOV8_LAYOUTS, YOLOV8_SCALES
-from .yolov5 import SPPF, Concat, Conv, make_divisible
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5):
-        super().__init__()
-        c_ = int(c2 * e)
-        self.cv1 = Conv(c1, c_, k[0], 1)
-        self.cv2 = Conv(c_, c2, k[1], 1, g=g)
-        self.add = shortcut and c1 == c2
-
-    def forward(self, x):
-        return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
+from .yolov5 import SPPF, Bottleneck, Concat, Conv, make_divisible
 
 
 class C2f(nn.Module):
