@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from typing import Callable
 
 from ..errors import ToolchainError
@@ -12,7 +13,17 @@ from ..toolchains import TOOLCHAINS
 TOOLCHAIN_OPS = ("quantize", "compile", "simulate", "handoff")
 
 
+def runs_in_child(op: Op) -> bool:
+    """A numpy/Pillow host op that engine.child runs in its helper process."""
+    kind = OP_KINDS.get(op.kind)
+    return op.kind not in TOOLCHAIN_OPS and kind is not None and kind.own_process
+
+
 def implementation(op: Op) -> Callable[[OpContext], None]:
+    if runs_in_child(op):
+        from .child import run_in_child
+
+        return partial(run_in_child, OP_KINDS[op.kind].impl)
     if op.kind not in TOOLCHAIN_OPS:
         return resolve_impl(OP_KINDS[op.kind].impl)
     toolchain = op.toolchain

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ToolchainError, UserError, YolobuildError
-from ..ops import OP_KINDS
 from ..plan.ir import Op, Plan, Ref
 from .cache import Cache, Entry, sha256_tree
+from .dispatch import implementation, runs_in_child
 
 
 @lru_cache(maxsize=1)
@@ -174,8 +174,7 @@ def start_order(plan: Plan) -> list[Op]:
 
 def in_interpreter(op: Op) -> bool:
     """Runs in this interpreter (a host op not moved to engine.child's process)."""
-    kind = OP_KINDS.get(op.kind)
-    return op.env == "host" and not (kind and kind.own_process)
+    return op.env == "host" and not runs_in_child(op)
 
 
 def ready_to_start(pending: list[Op], running: list[Op], produced: set[str], jobs: int) -> list[Op]:
@@ -369,7 +368,6 @@ class Runner:
 
     def _execute(self, op: Op, rec: OpRecord, produced: dict[str, OpRecord]) -> Entry:
         from ..ops import OpContext
-        from .dispatch import implementation
 
         tmp = self.cache.new_tmp(rec.fingerprint)
         try:
@@ -384,13 +382,7 @@ class Runner:
             rec.log = ctx.log_file
             start = time.perf_counter()
             try:
-                kind = OP_KINDS.get(op.kind)
-                if kind and kind.own_process:
-                    from .child import run_in_child
-
-                    run_in_child(kind.impl, ctx)
-                else:
-                    implementation(op)(ctx)
+                implementation(op)(ctx)
             except YolobuildError:
                 rec.results = ctx.results
                 raise

@@ -124,12 +124,11 @@ def simplify(ctx: OpContext) -> None:
     import onnx
     import onnxslim
 
-    src = ctx.inputs["model"]
-    proto = onnx.load(str(src))
-    before = describe_onnx(proto)
+    proto = onnx.load(str(ctx.inputs["model"]))
+    before = describe_onnx(proto)    # plain data, taken before onnxslim may rewrite `proto` in place
     try:
         with quiet():
-            slim = onnxslim.slim(onnx.load(str(src)))
+            slim = onnxslim.slim(proto)
     except Exception as exc:
         raise ToolchainError(f"simplify: onnxslim failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}") \
             from None

@@ -47,30 +47,6 @@ def _package_only_path(workdir: Path) -> Path:
     return root
 
 
-def _child_env(python: Path, env: dict[str, str], path_root: Path) -> dict[str, str]:
-    import_path = ":".join(filter(None, [str(_package_only_path(path_root)), env.get("PYTHONPATH")]))
-    return {**env, "PYTHONPATH": import_path, "PYTHONUNBUFFERED": "1",
-            "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
-
-
-def _run_worker(python: Path, function: str, req_path: Path, res_path: Path, workdir: Path, log: Path,
-                timeout: float, env: dict[str, str]) -> tuple[int, float]:
-    """-> (exit code, when the worker started)."""
-    with open(log, "a") as f:
-        f.write(f"$ {python} -m yolobuild.toolchains.worker {req_path} ({function})\n")
-        f.flush()
-        start = time.time()
-        try:
-            proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
-                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=_child_env(python, env, workdir),
-                                  timeout=timeout)
-        except subprocess.TimeoutExpired:
-            from ..errors import ToolchainError
-
-            raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
-    return proc.returncode, start
-
-
 def call(python: Path, function: str, request: dict, workdir: Path, log: Path, timeout: float,
          env: dict[str, str]) -> dict:
     """Run `function` (a "module:name" in the yolobuild package) inside the environment of `python`."""
@@ -79,7 +55,18 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
     workdir.mkdir(parents=True, exist_ok=True)
     req_path, res_path = workdir / "request.json", workdir / "result.json"
     req_path.write_text(json.dumps({**request, "call": function}, indent=1))
-    code, start = _run_worker(python, function, req_path, res_path, workdir, log, timeout, env)
+    import_path = ":".join(filter(None, [str(_package_only_path(workdir)), env.get("PYTHONPATH")]))
+    child_env = {**env, "PYTHONPATH": import_path, "PYTHONUNBUFFERED": "1",
+                 "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
+    start = time.time()
+    with open(log, "a") as f:
+        f.write(f"$ {python} -m yolobuild.toolchains.worker {req_path} ({function})\n")
+        f.flush()
+        try:
+            proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
+                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
     text = log.read_text(errors="replace")
     log.write_text(strip_ansi(text))
     result = None
@@ -88,9 +75,9 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
             result = json.loads(res_path.read_text())
         except ValueError:
             result = None
-    if code != 0 or not result or not result.get("ok"):
+    if proc.returncode != 0 or not result or not result.get("ok"):
         tool_said = error_lines(text, 2)
-        detail = (result or {}).get("error") or f"worker exited with code {code}"
+        detail = (result or {}).get("error") or f"worker exited with code {proc.returncode}"
         said = " | ".join(dict.fromkeys(tool_said)) if tool_said else detail
         raise ToolchainError(f"{function.split(':')[-1]} failed: {said[-600:]}; full log: {log}")
     out = result.get("result") or {}
