@@ -262,3 +262,6 @@ def test_the_worker_op_starts_before_host_checks_and_host_ops_take_turns(monkeyp
     other = _op("other")
     assert [op.id for op in ready_to_start([check, other], [export], {"export"}, jobs=4)] == []
     assert [op.id for op in ready_to_start([check, other], [], {"export"}, jobs=4)] == ["check"]
+    # a hand-off op is host code (torch serialization in this interpreter): it takes its turn too
+    handoff = _op("handoff", kind="handoff", env="handoff", needs=("export",))
+    assert [op.id for op in ready_to_start([handoff], [check], {"export"}, jobs=4)] == []

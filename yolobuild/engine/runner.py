@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ..errors import ToolchainError, UserError, YolobuildError
 from ..plan.ir import Op, Plan, Ref
+from ..toolchains.envs import ENVS
 from .cache import Cache, Entry, sha256_tree
 from .dispatch import implementation, runs_in_child
 
@@ -173,8 +174,9 @@ def start_order(plan: Plan) -> list[Op]:
 
 
 def in_interpreter(op: Op) -> bool:
-    """Runs in this interpreter (a host op not moved to engine.child's process)."""
-    return op.env == "host" and not runs_in_child(op)
+    """Runs in this interpreter: everything but a toolchain-environment worker (its own process) and the
+    ops engine.child runs. A hand-off op is host code too (it traces and serializes with torch here)."""
+    return op.env not in ENVS and not runs_in_child(op)
 
 
 def ready_to_start(pending: list[Op], running: list[Op], produced: set[str], jobs: int) -> list[Op]:
