@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
+
+from ..context import OpContext  # noqa: F401 (re-exported: ops import it from here)
 
 
 @dataclass(frozen=True)
@@ -47,25 +48,6 @@ OP_KINDS: dict[str, OpKind] = {
 # torch.onnx.export and torch.jit.trace keep process-wide state (GLOBALS.in_onnx_export, the tracing
 # state), and quiet() swaps sys.stdout: ops running side by side take this lock around them.
 TORCH_EXPORT_LOCK = threading.RLock()
-
-
-@dataclass
-class OpContext:
-    """What one op run sees: its params, input paths, where to write, and a results dict."""
-
-    op_id: str
-    kind: str
-    params: dict[str, Any]
-    inputs: dict[str, Path]
-    outputs: dict[str, Path]
-    scratch: Path
-    results: dict[str, Any] = field(default_factory=dict)
-    log: Callable[[str], None] = print
-    log_file: Path | None = None   # where a tool's own output goes; kept after the op (build folder logs/)
-
-    def __post_init__(self):
-        if self.log_file is None:
-            self.log_file = self.scratch / f"{self.op_id}.log"
 
 
 def resolve_impl(impl: str) -> Callable[[OpContext], None]:

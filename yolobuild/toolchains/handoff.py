@@ -195,7 +195,7 @@ def write_calibration(b: Bundle, folder: str = "calib") -> None:
 
     from PIL import Image
 
-    from ..ops.inputs import load_npz
+    from ..runtime.arrays import load_npz
 
     canvases = load_npz(b.inputs["calib"])["images"]
     if not len(canvases):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ToolchainError, UserError
-from ..ops import OpContext
+from ..context import OpContext
 from ..ops.export import quiet
-from ..ops.inputs import canvas_to_input, load_npz, save_npz
+from ..runtime.arrays import canvas_to_input, load_npz, save_npz
 
 OPTIONS = {
     "calibrate_method": ("minmax", "entropy", "percentile"),

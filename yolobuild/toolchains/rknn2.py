@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..ops import OpContext
-from ..ops.inputs import load_npz, save_npz
+from ..context import OpContext
+from ..runtime.arrays import load_npz, save_npz
 from .envs import call_in_env
 
 # backend.options for this toolchain: name -> allowed values (defaults live in the target YAMLs)

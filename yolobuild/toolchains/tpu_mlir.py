@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from ..ops import OpContext
-from ..ops.inputs import canvas_to_input, load_npz, save_npz
+from ..context import OpContext
+from ..runtime.arrays import canvas_to_input, load_npz, save_npz
 from .envs import call_in_env, env_dir, find_spec
 
 # backend.options for this toolchain: name -> check (defaults live in the target YAMLs; DEFAULTS fills the rest)
