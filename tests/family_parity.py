@@ -109,7 +109,7 @@ def assert_export_parity(root: Path, model_pt: Path, head: str, height: int, wid
     vacuously on a model that detects nothing (give random-weight models confident biases)."""
     import onnxruntime as ort
 
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     meta = json.loads((Path(model_pt).parent / "model.json").read_text())
     work = Path(root) / f"parity_{head}_{'fused' if fuse else 'unfused'}"

@@ -106,7 +106,7 @@ def _load(tmp_path, ref_dir, case, file=None, **kw):
 
 @pytest.mark.parametrize("case", ["yolov5n_pip", "yolov5n_checkout", "yolov5s6_checkout_v60", "yolov8n"])
 def test_loads_upstream_checkpoint_and_reproduces_upstream_outputs(tmp_path, upstream_refs, case):
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     ref_dir, cases = upstream_refs
     c = cases[case]

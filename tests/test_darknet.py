@@ -97,7 +97,7 @@ def test_tiny_maxpool_stride_1_keeps_the_map_size_like_darknet():
 
 def test_weights_round_trip_is_exact(tiny):
     from yolobuild.models.darknet import read_darknet, write_weights
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     work, model, model_pt, res, size = tiny
     path = work / "tiny.weights"
@@ -124,7 +124,7 @@ def test_weights_round_trip_is_exact(tiny):
 
 
 def test_plain_state_dicts_load_ours_and_darknet_numbered_ports(tiny, tmp_path):
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     work, model, model_pt, _, _ = tiny
     _, ref = load_checkpoint(model_pt)
@@ -165,7 +165,7 @@ def test_tiny_export_parity_every_head(tiny, head, fuse):
 def test_yolov3_export_parity_raw_fused(tmp_path):
     """Full Darknet-53 YOLOv3 (nc=3), one head layout at a small input: kept light (62M parameters)."""
     from yolobuild.models.darknet import build, write_weights
-    from yolobuild.ops.model import example_input
+    from yolobuild.ops.building import example_input
 
     torch.manual_seed(0)
     size = 64
@@ -262,7 +262,7 @@ def test_validate_does_not_import_torch():
 
 
 def test_mlu270_int8_bundle_loads_and_runs_against_fake_torch_mlu(tiny, tmp_path):
-    from yolobuild.ops.model import load_patched
+    from yolobuild.ops.building import load_patched
 
     from .test_handoff import _import_path, manifest, run_bundle
 

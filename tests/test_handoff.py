@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from yolobuild.toolchains.handoff import PREVIEW_LABEL, SCHEMAS_DIR
+from yolobuild.toolchains.handoff.bundle import PREVIEW_LABEL
+from yolobuild.toolchains.vamc.steps import VENDOR as VAMC
 
 from .conftest import cli_in_process as cli
 
@@ -44,7 +45,7 @@ def manifest(build_dir: Path) -> dict:
 def schema_errors(doc, schema_file: str) -> list[str]:
     from jsonschema import Draft202012Validator
 
-    schema = json.loads((SCHEMAS_DIR / schema_file).read_text())
+    schema = json.loads((VAMC.schemas_dir / schema_file).read_text())
     return [e.message for e in Draft202012Validator(schema).iter_errors(doc)]
 
 
@@ -179,7 +180,7 @@ def _import_path(path: Path, name: str):
 def test_mlu220_pth_loads_into_the_bundled_model_definition_and_matches(mlu220):
     import torch
 
-    from yolobuild.ops.model import load_patched
+    from yolobuild.ops.building import load_patched
 
     b = mlu220 / "handoff"
     sd = torch.load(b / "model.pth", weights_only=True)
@@ -373,14 +374,15 @@ def test_vendor_tool_present_runs_it(root, tmp_path, monkeypatch):
 
 def test_configured_vendor_python_counts_only_if_it_imports_the_vendor_module(tmp_path, monkeypatch):
     """backend.options.vendor_python is the vendor tool only when torch_mlu imports there."""
-    from yolobuild.toolchains import handoff as ho
+    from yolobuild.toolchains.cambricon.steps import VENDOR
+    from yolobuild.toolchains.handoff import bundle as ho
 
     monkeypatch.delenv("YOLOBUILD_NO_VENDOR_TOOLS", raising=False)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no fake genoff.py on PATH
     with_sdk = tmp_path / "python-with-torch_mlu"
     with_sdk.write_text(f"#!/bin/sh\nPYTHONPATH={FAKES} exec {sys.executable} \"$@\"\n")
     with_sdk.chmod(0o755)
-    found = ho.detect("cambricon", {"vendor_python": str(with_sdk)})
+    found = ho.detect(VENDOR, {"vendor_python": str(with_sdk)})
     assert found.startswith("configured:") and "imports torch_mlu" in found
-    assert ho.detect("cambricon", {"vendor_python": sys.executable}) == "absent"
-    assert ho.detect("cambricon", {"vendor_python": str(tmp_path / "missing-python")}) == "absent"
+    assert ho.detect(VENDOR, {"vendor_python": sys.executable}) == "absent"
+    assert ho.detect(VENDOR, {"vendor_python": str(tmp_path / "missing-python")}) == "absent"

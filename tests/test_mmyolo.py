@@ -376,7 +376,7 @@ def test_unpatched_raw_graph_carries_the_split(model_pt, tmp_path):
 
 def test_truncate_head_fails_loudly_without_an_mmyolo_head():
     from yolobuild.models.yolov5 import build as build_v5
-    from yolobuild.ops.model import patch_function
+    from yolobuild.ops.patches import patch_function
 
     with pytest.raises(UserError, match="mmyolo_truncate_head found no mmyolo YOLOv5HeadModule"):
         patch_function("mmyolo_truncate_head")(build_v5("n", "v6", 3).eval(), torch.zeros(1, 3, 64, 64))

@@ -72,7 +72,7 @@ def test_v8_state_dict_loads_with_meta(v8):
 
 @pytest.mark.parametrize("head", HEADS)
 def test_v8_patch_export_parity(work, v8, head):
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     outs, _ = v8
     meta = json.loads(outs["model.json"].read_text())
@@ -96,7 +96,7 @@ def test_v8_patch_export_parity(work, v8, head):
 
 
 def test_v8_host_decode_of_raw_equals_pytorch(v8):
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     outs, _ = v8
     meta = json.loads(outs["model.json"].read_text())
@@ -112,7 +112,7 @@ def test_v8_host_decode_of_raw_equals_pytorch(v8):
 
 def test_check_parity_anchor_free(work, v8):
     from yolobuild.ops.inputs import save_npz
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     outs, _ = v8
     _, model = load_checkpoint(outs["model.pt"])

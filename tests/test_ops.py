@@ -19,7 +19,7 @@ from .family_parity import cosine, run_op  # noqa: E402,F401
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 H = W = 128
-TC = "yolobuild.toolchains.onnxruntime:"
+TC = "yolobuild.toolchains.onnxruntime.steps:"
 NAMES = ["circle", "square", "triangle"]
 CKPT_ANCHORS = [[9.5, 12.3, 17.1, 29.9, 33.3, 23.4], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 PRE = dict(height=H, width=W, resize="letterbox", color="rgb", scale=1 / 255, pad_value=114)
@@ -94,7 +94,7 @@ def exports(work, ckpt_model):
 
 
 def pytorch_decoded(model_pt: Path, x: np.ndarray) -> np.ndarray:
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     _, model = load_checkpoint(model_pt)
     with torch.no_grad():
@@ -190,7 +190,8 @@ def test_load_model_bad_weights(work, bad_files, name, expected):
 
 def test_patch_fuse_silu_and_verifications(work, ckpt_model):
     from yolobuild.models.yolov5 import Conv
-    from yolobuild.ops.model import SigmoidMul, load_checkpoint, load_patched
+    from yolobuild.ops.patches import SigmoidMul
+    from yolobuild.ops.building import load_checkpoint, load_patched
 
     patches = ["silu_as_sigmoid_mul", "no_inplace_slice", "anchors_as_constants"]
     outs, res = run_op("patch", work / "patch_all", dict(head="split", patches=patches, fuse=True, height=H, width=W),
@@ -222,7 +223,7 @@ def test_patch_unknown_name(work, ckpt_model):
 
 
 def test_no_inplace_slice_refuses_slice_writes():
-    from yolobuild.ops.model import patch_function
+    from yolobuild.ops.patches import patch_function
 
     class SliceWrite(torch.nn.Module):
         def forward(self, x):
@@ -236,7 +237,8 @@ def test_no_inplace_slice_refuses_slice_writes():
 
 
 def test_anchors_as_constants_refuses_runtime_anchor_reads(ckpt_model):
-    from yolobuild.ops.model import load_checkpoint, patch_function
+    from yolobuild.ops.building import load_checkpoint
+    from yolobuild.ops.patches import patch_function
 
     _, model = load_checkpoint(ckpt_model[0]["model.pt"])
     x = torch.rand(1, 3, 64, 64)
@@ -278,7 +280,7 @@ def test_export_onnx_matches_pytorch(exports, ckpt_model, head, names):
 
 
 def test_host_decode_of_raw_equals_pytorch_decode(ckpt_model):
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     _, model = load_checkpoint(ckpt_model[0]["model.pt"])
     meta = json.loads(ckpt_model[0]["model.json"].read_text())
@@ -375,7 +377,10 @@ def test_calibrate_refuses_non_images(work, dataset):
 def test_int8_pipeline_parity_evaluate_package(work, dataset, exports, ckpt_model):
     model_pt, meta_json = ckpt_model[0]["model.pt"], ckpt_model[0]["model.json"]
     root = work / "int8"
-    common = dict(platform="cpu", precision="int8", input_layout="nchw_float32", head="raw", options={}, **PRE)
+    from yolobuild.toolchains.registry import get
+
+    common = dict(platform="cpu", precision="int8", input_layout="nchw_float32", head="raw",
+                  options=get("onnxruntime").option_defaults(), **PRE)
     probe, _ = run_op("prepare_inputs", root, dict(PRE, parity_count=3, eval_count=None), {"images": dataset["eval"]},
                       ["probe.npz"])
     ref, _ = run_op("reference", root, dict(conf_thres=0.001, iou_thres=0.6),
@@ -439,7 +444,10 @@ def test_quantize_options(work, dataset, exports):
     common = dict(platform="cpu", precision="int8", input_layout="nchw_float32", head="raw", **PRE)
 
     def scales(method):
-        opts = {"calibrate_method": method, **({"num_bins": 256} if method == "entropy" else {})}
+        from yolobuild.toolchains.registry import get
+
+        opts = {**get("onnxruntime").option_defaults(), "calibrate_method": method,
+                **({"num_bins": 256} if method == "entropy" else {})}
         q, res = run_op("quantize", root / method, dict(common, options=opts),
                         {"model": exports["raw"]["onnx"], "calib": calib["calib.npz"]}, ["model.onnx"],
                         impl=TC + "quantize")
@@ -450,9 +458,10 @@ def test_quantize_options(work, dataset, exports):
     minmax, entropy = scales("minmax"), scales("entropy")
     assert minmax.keys() == entropy.keys()
     assert any(not np.allclose(minmax[k], entropy[k]) for k in minmax)   # entropy is not minmax in disguise
-    with pytest.raises(UserError, match="backend.options.calibrate_method"):
-        run_op("quantize", root / "bad", dict(common, options={"calibrate_method": "kl"}),
-               {"model": exports["raw"]["onnx"], "calib": calib["calib.npz"]}, ["model.onnx"], impl=TC + "quantize")
-    with pytest.raises(UserError, match="backend.options.bogus"):
-        run_op("quantize", root / "bad2", dict(common, options={"bogus": 1}),
-               {"model": exports["raw"]["onnx"], "calib": calib["calib.npz"]}, ["model.onnx"], impl=TC + "quantize")
+    # a step gets its options complete and checked: validate rejects bad ones against the schema
+    from yolobuild.backend_options import merged, problems
+    from yolobuild.toolchains.registry import get
+
+    decl = get("onnxruntime")
+    assert [k for k, _ in problems(decl, merged(decl, {"calibrate_method": "kl"}))] == ["backend.options.calibrate_method"]
+    assert [k for k, _ in problems(decl, merged(decl, {"bogus": 1}))] == ["backend.options.bogus"]

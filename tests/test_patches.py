@@ -54,7 +54,7 @@ def test_focus_as_conv_leaves_no_slices_in_the_graph(focus_model, tmp_path):
 
 def test_patch_whose_module_is_absent_fails_loudly(tmp_path):
     from yolobuild.models.yolov5 import build
-    from yolobuild.ops.model import patch_function
+    from yolobuild.ops.patches import patch_function
 
     v6 = build("n", "v6", 3).eval()
     with pytest.raises(UserError, match="focus_as_conv found no Focus"):
@@ -65,7 +65,7 @@ def test_patch_whose_module_is_absent_fails_loudly(tmp_path):
 
 def test_syncbn_to_bn_keeps_outputs(tmp_path):
     from yolobuild.models.yolov5 import build
-    from yolobuild.ops.model import patch_function
+    from yolobuild.ops.patches import patch_function
 
     torch.manual_seed(0)
     model = lively(build("n", "v6", 3), demo_images(tmp_path, 2, 64, 64))

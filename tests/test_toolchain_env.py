@@ -21,12 +21,18 @@ FAKE = envs.EnvSpec(name="fake-env", aliases=("fake",), python="host", steps=(),
 
 
 WORKER = "tests.fake_worker_functions"
+DECLARED = envs.environments
+
+
+def declare(mp, spec) -> None:
+    """Make `spec` one of the declared environments (as a toolchain.yaml `environment` would)."""
+    mp.setattr(envs, "environments", lambda: {**DECLARED(), spec.name: spec})
 
 
 @pytest.fixture
 def fake_env(tmp_path, monkeypatch):
     monkeypatch.setenv("YOLOBUILD_TOOLCHAINS", str(tmp_path / "toolchains"))
-    monkeypatch.setitem(envs.ENVS, FAKE.name, FAKE)
+    declare(monkeypatch, FAKE)
     return FAKE
 
 
@@ -36,7 +42,7 @@ def installed_fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("toolchains")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("YOLOBUILD_TOOLCHAINS", str(root))
-        mp.setitem(envs.ENVS, FAKE.name, FAKE)
+        declare(mp, FAKE)
         envs.install(FAKE, progress=lambda m: None)
         yield FAKE
 
@@ -65,13 +71,13 @@ def test_interrupted_install_is_started_over(fake_env, monkeypatch):
     def interrupted_fixup(target, log):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(envs.ENVS, FAKE.name, envs.EnvSpec(**{**FAKE.__dict__, "fixup": f"{__name__}:boom"}))
+    declare(monkeypatch, envs.EnvSpec(**{**FAKE.__dict__, "fixup": f"{__name__}:boom"}))
     globals()["boom"] = interrupted_fixup
-    spec = envs.ENVS[FAKE.name]
+    spec = envs.find_spec(FAKE.name)
     with pytest.raises(KeyboardInterrupt):
         envs.install(spec, progress=lambda m: None)
     assert envs.read_marker(spec) is None  # no marker: never mistaken for a working environment
-    monkeypatch.setitem(envs.ENVS, FAKE.name, FAKE)
+    declare(monkeypatch, FAKE)
     assert envs.install(FAKE, progress=lambda m: None)["name"] == "fake-env"
 
 

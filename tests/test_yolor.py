@@ -125,7 +125,8 @@ def conditioned(work, layout: str = "p6") -> nn.Module:
     to 1.5 (near the edge of chaos) before lively() measures the statistics on 8 demo images (enough
     samples at P6, 2x2 here). Checked below, so the parity tests never pass on a degenerate network."""
     from yolobuild.models.yolor import build
-    from yolobuild.ops.model import example_input, fuse
+    from yolobuild.ops.building import example_input
+    from yolobuild.ops.patches import fuse
 
     torch.manual_seed(0)
     model = build(None, layout, NC)
@@ -347,7 +348,7 @@ def test_raw_export_with_fuse_implicit_ends_in_convs(work, sd_model):
 def test_syncbn_pickle_loads_without_upstream_and_exports(work, net, sync_pickle, sync_model):
     """Upstream's --sync-bn checkpoint: read with no upstream code, rebuilt with SyncBatchNorm where the file
     had it, converted by syncbn_to_bn (added by the patch op), fused, exported; decoded head parity."""
-    from yolobuild.ops.model import load_checkpoint
+    from yolobuild.ops.building import load_checkpoint
 
     # sync_model read the file while no `models` package was in sys.modules or importable
     outs, res = sync_model

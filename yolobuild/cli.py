@@ -302,7 +302,7 @@ def _cmd_inspect(argv: list[str], out) -> int:
     if unknown or "model.weights" not in kv or any("=" not in a for a in argv):
         raise UserError("inspect: say `yolobuild inspect model.weights=PATH` "
                         "[model.trust_checkpoint=true] [model.source.repo=DIR] (command line)")
-    from .ops.model import inspect_weights
+    from .ops.checkpoint import inspect_weights
 
     info = inspect_weights(Path(kv["model.weights"]).expanduser(), kv.get("model.trust_checkpoint") == "true",
                            kv.get("model.source.repo"))

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, nearest
+from .resources import RECIPES_DIR
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
 PRIMARY = "config"
 GROUPS = ("recipe", "target", "precision", "dataset")
 MISSING = "???"
+GLOBAL_PRECISION = "fp32"   # recipes/config.yaml's precision default; a target's default_precision replaces it
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ def search_dirs(config_dirs=()) -> list[Path]:
 
 
 def options(group: str, config_dirs=()) -> list[str]:
+    """The choices of a config group; files named `_*.yaml` are bases other files inherit, never a choice."""
     names = set()
     for d in search_dirs(config_dirs):
         if (d / group).is_dir():
-            names.update(p.stem for p in (d / group).glob("*.yaml"))
+            names.update(p.stem for p in (d / group).glob("*.yaml") if not p.stem.startswith("_"))
     return sorted(names)
 
 
@@ -61,18 +63,50 @@ def _loader(config_dirs):
 
 
 def _load(loader, overrides):
+    """Hydra's composition, then the target's default precision when nothing chose one.
+
+    A target declares `default_precision` (mlu220 builds int8, not the global fp32); when the
+    command line names no precision and the composed one is the global default, the config is
+    composed again with `precision=<the target's>` appended to `overrides` (so the Composed record
+    and error messages show it). An explicit precision= always wins."""
+    cfg, choices = _compose_once(loader, overrides)
+    default = _target_default_precision(cfg, choices, overrides)
+    if default:
+        overrides.append(f"precision={default}")
+        cfg, choices = _compose_once(loader, overrides)
+    return cfg, choices
+
+
+def _target_default_precision(cfg, choices, overrides) -> str | None:
+    if any(o.split("=", 1)[0].lstrip("+~/") == "precision" for o in overrides if "=" in o or o.startswith("~")):
+        return None
+    target = cfg.get("target") or {}
+    default = target.get("default_precision") if hasattr(target, "get") else None
+    if not default or str(choices.get("precision")) != GLOBAL_PRECISION or default == GLOBAL_PRECISION:
+        return None
+    return str(default)
+
+
+def _compose_once(loader, overrides):
     """Hydra's composition (defaults lists, group overrides, command-line overrides, struct
     mode) without the `hydra:` node of an app run: that node alone costs ~100 ms to build,
-    and validate/plan must stay far below an `import torch`."""
+    and validate/plan must stay far below an `import torch`.
+
+    `target.backend_options` is left open (not struct): an option the target YAML does not list
+    may still be given (`backend.options.KEY=VALUE`); the toolchain's option schema rejects
+    unknown ones at validate, naming the key."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.defaults_list import create_defaults_list
     from omegaconf import OmegaConf
 
-    parsed, repo = loader._parse_overrides_and_create_caching_repo(PRIMARY, overrides)
+    parsed, repo = loader._parse_overrides_and_create_caching_repo(PRIMARY, list(overrides))
     defaults = create_defaults_list(repo=repo, config_name=PRIMARY, overrides_list=parsed,
                                     prepend_hydra=False, skip_missing=False)
     cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
     OmegaConf.set_struct(cfg, True)
+    options = OmegaConf.select(cfg, "target.backend_options")
+    if OmegaConf.is_config(options):
+        OmegaConf.set_struct(options, False)
     ConfigLoaderImpl._apply_overrides_to_config(defaults.config_overrides, cfg)
     return cfg, dict(defaults.overrides.known_choices)
 

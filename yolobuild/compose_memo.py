@@ -17,13 +17,14 @@ from . import __version__
 from .compose import search_dirs
 from .validate import SCHEMAS_DIR
 
+TOOLCHAINS_DIR = Path(__file__).parent / "toolchains"   # toolchain.yaml: option schemas and defaults
 RESOLVER_MARK = "${oc."
 PACKAGE = Path(__file__).parent
-CODE = ("compose.py", "validate.py", "compose_memo.py")
+CODE = ("compose.py", "validate.py", "compose_memo.py", "backend_options.py")
 
 
 def _cache_root(overrides) -> Path:
-    from .engine.cache import default_root
+    from .storage import default_root
 
     for ov in overrides:
         if ov.startswith("cache.dir="):
@@ -34,7 +35,7 @@ def _cache_root(overrides) -> Path:
 def memo_key(overrides, config_dirs) -> str | None:
     h = hashlib.sha256(json.dumps([__version__, list(overrides), [str(d) for d in config_dirs]]).encode())
     user_dirs = search_dirs(config_dirs)[:-1]
-    for root in [SCHEMAS_DIR, *search_dirs(config_dirs)]:
+    for root in [SCHEMAS_DIR, *search_dirs(config_dirs), TOOLCHAINS_DIR]:
         if not root.is_dir():
             return None
         for p in sorted(root.rglob("*")):
@@ -69,7 +70,7 @@ def load(overrides, config_dirs) -> tuple[str | None, dict[str, Any] | None]:
 def store(overrides, key: str | None, config: dict[str, Any]) -> None:
     if key is None:
         return
-    from .engine.cache import write_atomic
+    from .storage import write_atomic
 
     try:
         write_atomic(_path(overrides, key), json.dumps(config))

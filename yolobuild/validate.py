@@ -13,9 +13,7 @@ from typing import Any, Callable
 
 from .compose import MISSING, Composed, flatten, provenance, source_of
 from .errors import UserError, nearest
-
-SCHEMAS_DIR = Path(__file__).parent / "schemas"
-ASSETS_DIR = Path(__file__).parent / "assets"
+from .resources import ASSETS_DIR, SCHEMAS_DIR
 BUILTIN_PREFIX = "builtin:"
 
 
@@ -88,6 +86,15 @@ def _rule_precision_supported(c: dict) -> list[tuple[str, str]]:
     if p in t["precisions"]:
         return []
     return [("precision.name", f"{p!r} is not supported by target {t['name']}; allowed: {', '.join(t['precisions'])}")]
+
+
+def _rule_default_precision(c: dict) -> list[tuple[str, str]]:
+    t = c["target"]
+    default = t.get("default_precision")
+    if default is None or default in t["precisions"]:
+        return []
+    return [("target.default_precision", f"{default!r} is not one of target {t['name']}'s precisions; "
+             f"allowed: {', '.join(t['precisions'])}")]
 
 
 def _rule_parity_threshold(c: dict) -> list[tuple[str, str]]:
@@ -211,6 +218,19 @@ def _rule_toolchain_allowed(c: dict) -> list[tuple[str, str]]:
              f"allowed: {', '.join(allowed)}")]
 
 
+def _rule_toolchain_known(c: dict) -> list[tuple[str, str]]:
+    """target.toolchain(s) name toolchain packages (shipped, or registered through the entry-point group)."""
+    from .toolchains import registry
+
+    t = c["target"]
+    out = []
+    for key, name in [("target.toolchain", t["toolchain"])] + [("target.toolchains", n) for n in t.get("toolchains") or []]:
+        if registry.find(name) is None:
+            known = registry.names()
+            out.append((key, f"{name!r} is not a toolchain{nearest(name, known)}; allowed: {', '.join(known)}"))
+    return out
+
+
 def _rule_int8_shared_scale(c: dict) -> list[tuple[str, str]]:
     """The concat trap: a decoded head in int8 gets one scale for boxes and scores (TOOLCHAINS.md)."""
     head, t = c["graph"]["head"], c["target"]
@@ -261,6 +281,7 @@ FILESYSTEM_RULES: tuple[Rule, ...] = (
 RULES: tuple[Rule, ...] = (
     _rule_weights,
     _rule_precision_supported,
+    _rule_default_precision,
     _rule_parity_threshold,
     _rule_calibration_set,
     _rule_calibration_images,
@@ -271,6 +292,7 @@ RULES: tuple[Rule, ...] = (
     _rule_patch_names,
     _rule_head_suits_target,
     _rule_int8_shared_scale,
+    _rule_toolchain_known,
     _rule_toolchain_allowed,
     _rule_workspace_writable,
 )
@@ -317,10 +339,36 @@ def validate(composed: Composed) -> MappingProxyType:
         problems += [(k, m) for k, m in found if k not in reported]
     if not problems:  # otherwise the broken file those interpolations point at is already named
         problems += list(composed.unresolved)
+    if not problems:
+        config, found = _with_backend_options(config)
+        problems += found
     if problems:
         sources, aliases = provenance(composed.overrides, composed.config_dirs)
         keys = {k for k, _ in problems}
         problems = [(k, m) for k, m in problems if aliases.get(k) not in keys]  # same fault, reported once
-        lines = [f"{key or 'config'}: {msg} ({source_of(key, sources)})" for key, msg in problems]
+        lines = [f"{key or 'config'}: {msg} ({_source(key, sources)})" for key, msg in problems]
         raise UserError(lines[0], lines)
     return freeze(config)
+
+
+OPTIONS_PREFIX = "backend.options."
+
+
+def _source(key: str, sources: dict[str, str]) -> str:
+    """backend.options.X is the target's `backend_options` (or a command-line override of it)."""
+    if key.startswith(OPTIONS_PREFIX):
+        return source_of("target.backend_options." + key[len(OPTIONS_PREFIX):], sources)
+    return source_of(key, sources)
+
+
+def _with_backend_options(config: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """The config with backend.options complete (the toolchain's schema defaults, then the recipe's
+    choices), and the problems of the toolchain's declaration and of those options."""
+    from . import backend_options
+    from .toolchains import registry
+
+    decl = registry.get(config["backend"]["toolchain"])
+    found = [("backend.toolchain", line) for line in registry.declaration_problems(decl)]
+    options = backend_options.merged(decl, config["backend"]["options"])
+    found += backend_options.problems(decl, options)
+    return {**config, "backend": {**config["backend"], "options": options}}, found

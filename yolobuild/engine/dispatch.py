@@ -1,22 +1,18 @@
-"""Find the function that runs an op: host op table, or the target's toolchain module."""
+"""Find the function that runs an op: the host op table, or the toolchain step the plan names."""
 from __future__ import annotations
 
-import importlib
 from functools import partial
 from typing import Callable
 
 from ..errors import ToolchainError
 from ..ops import OP_KINDS, OpContext, resolve_impl
 from ..plan.ir import Op
-from ..toolchains import TOOLCHAINS
-
-TOOLCHAIN_OPS = ("quantize", "compile", "simulate", "handoff")
 
 
 def runs_in_child(op: Op) -> bool:
     """A numpy/Pillow host op that engine.child runs in its helper process."""
     kind = OP_KINDS.get(op.kind)
-    return op.kind not in TOOLCHAIN_OPS and kind is not None and kind.own_process
+    return op.toolchain is None and kind is not None and kind.own_process
 
 
 def implementation(op: Op) -> Callable[[OpContext], None]:
@@ -24,16 +20,12 @@ def implementation(op: Op) -> Callable[[OpContext], None]:
         from .child import run_in_child
 
         return partial(run_in_child, OP_KINDS[op.kind].impl)
-    if op.kind not in TOOLCHAIN_OPS:
+    if op.toolchain is None:
         return resolve_impl(OP_KINDS[op.kind].impl)
-    toolchain = op.toolchain
-    spec = TOOLCHAINS[toolchain]
-    if spec.module is None:
-        raise ToolchainError(f"{op.id}: the {toolchain} toolchain is not wired into this yolobuild version yet; "
+    if op.impl is None:   # the declaration names no steps module
+        raise ToolchainError(f"{op.id}: the {op.toolchain} toolchain is not wired into this yolobuild version yet; "
                              "validate and plan work, building for this target does not")
-    module = importlib.import_module(spec.module)
-    func = getattr(module, op.kind, None)
-    if func is None:
-        raise ToolchainError(f"{op.id}: toolchain {toolchain} has no {op.kind} step")
-    return func
-
+    try:
+        return resolve_impl(op.impl)
+    except AttributeError:
+        raise ToolchainError(f"{op.id}: toolchain {op.toolchain} has no {op.kind} step ({op.impl})") from None

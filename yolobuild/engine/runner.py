@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import ToolchainError, UserError, YolobuildError
 from ..plan.ir import Op, Plan, Ref
-from ..toolchains.envs import ENVS
+from ..toolchains import registry
 from .cache import Cache, Entry, sha256_tree
 from .dispatch import implementation, runs_in_child
 
@@ -45,8 +45,18 @@ def _installed_versions() -> dict[str, str]:
     return found
 
 
-@lru_cache(maxsize=None)
 def tool_version(dist: str) -> str:
+    """A distribution's version; `path:NAME` is a program looked up on PATH now (a vendor tool with no
+    distribution: finding it changes the key, so the op reruns with it)."""
+    if dist.startswith("path:"):
+        import shutil
+
+        return "on PATH" if shutil.which(dist[len("path:"):]) else "absent"
+    return _distribution_version(dist)
+
+
+@lru_cache(maxsize=None)
+def _distribution_version(dist: str) -> str:
     import re
 
     version = _installed_versions().get(re.sub(r"[-_.]+", "-", dist).lower())
@@ -66,18 +76,30 @@ def yolobuild_version() -> str:
     return __version__
 
 
-IMPLEMENTATION_DIRS = ("ops", "toolchains", "models", "runtime", "data")
+def _code_root(top: str) -> Path | None:
+    """The sys.path entry a top-level package lives under (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(top)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]).resolve().parent if locations else None
 
 
 @lru_cache(maxsize=None)
-def implementation_digest() -> str:
-    """sha256 over the source of everything op implementations run, so editing an op's code
-    (without remembering to bump its version) can never serve a stale cached result."""
-    root = Path(__file__).resolve().parents[1]
+def implementation_digest(code: tuple[str, ...]) -> str:
+    """sha256 over the source an op runs (its declared code: files, or folders meaning every .py in
+    them), so editing that code (without remembering to bump the op's version) never serves a stale
+    cached result, and editing code the op does not run keeps its cache."""
     h = hashlib.sha256()
-    for sub in IMPLEMENTATION_DIRS:
-        for path in sorted((root / sub).rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for entry in sorted(code):
+        root = _code_root(entry.split("/", 1)[0])
+        path = root / entry if root else None
+        if path is None or not path.exists():
+            h.update(entry.encode() + b"\0missing\0")
+            continue
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 
@@ -86,21 +108,22 @@ def env_tool_versions(op: Op, install: bool, progress: Callable[[str], None] = p
 
     During a build a missing environment is installed first (its versions key the op);
     during `plan` it is reported instead."""
-    from ..toolchains import envs
+    return registry.environment_versions(op.env, install, progress)
 
-    spec = envs.ENVS.get(op.env)
-    if spec is None:
-        return {}
-    marker = envs.ensure(spec, progress) if install else envs.read_marker(spec)
-    if marker is None:
-        raise ToolchainError(f"toolchain environment {spec.name} is not installed; run `{envs.install_hint(spec)}` "
-                             "(or build: it installs on first use)")
-    return {f"{spec.name}:{k}": v for k, v in marker["versions"].items()}
+
+def op_code(op: Op) -> tuple[str, ...]:
+    """What an op runs: the plan says for toolchain steps; a host op kind declares it in the ops table."""
+    if op.code:
+        return tuple(op.code)
+    from ..ops import OP_KINDS, code_paths
+
+    kind = OP_KINDS.get(op.kind)
+    return code_paths(kind) if kind else ()
 
 
 def op_key(op: Op, input_hashes: dict[str, str], env_versions: dict[str, str] | None = None) -> dict[str, Any]:
     tools = dict(env_versions) if env_versions else {t: tool_version(t) for t in op.tools}
-    tools["yolobuild-op"] = f"{op.kind}/{op.version}/{implementation_digest()[:16]}"
+    tools["yolobuild-op"] = f"{op.kind}/{op.version}/{implementation_digest(op_code(op))[:16]}"
     return {"kind": op.kind, "version": op.version, "env": op.env, "params": op.params,
             "inputs": input_hashes, "tools": tools}
 
@@ -176,7 +199,7 @@ def start_order(plan: Plan) -> list[Op]:
 def in_interpreter(op: Op) -> bool:
     """Runs in this interpreter: everything but a toolchain-environment worker (its own process) and the
     ops engine.child runs. A hand-off op is host code too (it traces and serializes with torch here)."""
-    return op.env not in ENVS and not runs_in_child(op)
+    return registry.environment(op.env) is None and not runs_in_child(op)
 
 
 def ready_to_start(pending: list[Op], running: list[Op], produced: set[str], jobs: int) -> list[Op]:

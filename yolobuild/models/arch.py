@@ -200,15 +200,15 @@ for _extra in (darknet_arch, yolor_arch, mmyolo_arch):
 # model it raises UserError: never a silent no-op.
 
 PATCHES = {
-    "silu_as_sigmoid_mul": {"function": "yolobuild.ops.model:silu_as_sigmoid_mul", "verify_only": False,
+    "silu_as_sigmoid_mul": {"function": "yolobuild.ops.patches:silu_as_sigmoid_mul", "verify_only": False,
                             "what": "SiLU written as x*sigmoid(x) (RKNN 1.x, old runtimes without Swish)"},
-    "focus_as_conv": {"function": "yolobuild.ops.model:focus_as_conv", "verify_only": False,
+    "focus_as_conv": {"function": "yolobuild.ops.patches:focus_as_conv", "verify_only": False,
                       "what": "YOLOv5 v5.0 Focus (space-to-depth + conv) as one equivalent 6x6 stride-2 conv"},
-    "syncbn_to_bn": {"function": "yolobuild.ops.model:syncbn_to_bn", "verify_only": False,
+    "syncbn_to_bn": {"function": "yolobuild.ops.patches:syncbn_to_bn", "verify_only": False,
                      "what": "SyncBatchNorm (multi-GPU training) as BatchNorm2d, which exporters know"},
-    "no_inplace_slice": {"function": "yolobuild.ops.model:verify_no_inplace_slice", "verify_only": True,
+    "no_inplace_slice": {"function": "yolobuild.ops.patches:verify_no_inplace_slice", "verify_only": True,
                          "what": "verify: no in-place write into a tensor slice (no ScatterND on export)"},
-    "anchors_as_constants": {"function": "yolobuild.ops.model:verify_anchors_as_constants", "verify_only": True,
+    "anchors_as_constants": {"function": "yolobuild.ops.patches:verify_anchors_as_constants", "verify_only": True,
                              "what": "verify: anchor grids are graph constants, never read from a buffer at run time"},
 }
 for _extra in (darknet_arch, yolor_arch, mmyolo_arch):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckFailed, UserError
-from ..ops import TORCH_EXPORT_LOCK
+from ..runtime.quiet import TORCH_EXPORT_LOCK
 from .graph import SequentialDetector
 from .yolov5 import Bottleneck, Concat, Conv, Detect  # upstream YOLOR's common.py has the same blocks
 from .yolor_arch import FAMILIES, YOLOR_BACKBONE_ROWS, YOLOR_LAYOUTS

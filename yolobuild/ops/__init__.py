@@ -8,11 +8,11 @@ It raises `UserError` for bad user input (exit 2), `ToolchainError` / `CheckFail
 from __future__ import annotations
 
 import importlib
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from ..context import OpContext  # noqa: F401 (re-exported: ops import it from here)
+from ..runtime.quiet import TORCH_EXPORT_LOCK  # noqa: F401 (ops take it around torch's global export state)
 
 
 @dataclass(frozen=True)
@@ -20,34 +20,48 @@ class OpKind:
     impl: str                 # "module:function"
     version: int              # bump when the implementation's output changes
     tools: tuple[str, ...]    # distributions whose versions enter the fingerprint
+    code: tuple[str, ...] = ()  # files / folders under yolobuild/ it runs: their source enters the fingerprint
     cacheable: bool = True
     own_process: bool = False  # numpy/Pillow only: runs in engine.child's process, beside the torch ops
 
 
-# Host ops. Toolchain ops (quantize, compile, simulate, handoff) come from yolobuild.toolchains.
+# What each op kind runs, by job (paths under yolobuild/; a folder means every .py in it). Editing a
+# file re-runs only the op kinds that list it: an edit to one vendor's package keeps every other cache.
+INPUTS = ("ops/inputs.py", "runtime")
+MODEL = ("ops/checkpoint.py", "ops/building.py", "ops/patches.py", "models", "runtime")
+CHECKS = ("ops/check.py", "ops/inputs.py", "runtime")
+EXPORT = ("ops/export.py", "runtime/quiet.py")
+
+# Host ops. Toolchain ops (quantize, compile, simulate, handoff) come from the toolchain packages.
 OP_KINDS: dict[str, OpKind] = {
-    "generate_dataset": OpKind("yolobuild.ops.inputs:generate_dataset", 1, ("numpy", "pillow"), own_process=True),
-    "load_model": OpKind("yolobuild.ops.model:load_model", 1, ("torch",)),
-    "patch": OpKind("yolobuild.ops.model:patch", 1, ("torch",)),
-    "check_patch": OpKind("yolobuild.ops.model:check_patch", 1, ("torch",)),
-    "export_onnx": OpKind("yolobuild.ops.export:export_onnx", 1, ("torch", "onnx")),
-    "export_torchscript": OpKind("yolobuild.ops.export:export_torchscript", 1, ("torch",)),
-    "simplify": OpKind("yolobuild.ops.export:simplify", 2, ("onnx", "onnxslim")),
-    "check_simplify": OpKind("yolobuild.ops.export:check_simplify", 1, ("onnx", "onnxruntime")),
-    "prepare_inputs": OpKind("yolobuild.ops.inputs:prepare_inputs", 1, ("numpy", "pillow"), own_process=True),
-    "calibrate": OpKind("yolobuild.ops.inputs:calibrate", 1, ("numpy", "pillow"), own_process=True),
-    "reference": OpKind("yolobuild.ops.reference:reference", 1, ("torch",)),
-    "check_parity": OpKind("yolobuild.ops.check:check_parity", 1, ("numpy",)),
-    "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval")),
-    "package": OpKind("yolobuild.ops.package:package", 1, ()),
+    "generate_dataset": OpKind("yolobuild.ops.inputs:generate_dataset", 1, ("numpy", "pillow"),
+                               INPUTS + ("data",), own_process=True),
+    "load_model": OpKind("yolobuild.ops.model:load_model", 1, ("torch",), ("ops/model.py",) + MODEL),
+    "patch": OpKind("yolobuild.ops.model:patch", 1, ("torch",), ("ops/model.py", "ops/check.py") + MODEL),
+    "check_patch": OpKind("yolobuild.ops.model:check_patch", 1, ("torch",), ("ops/model.py", "ops/check.py") + MODEL),
+    "export_onnx": OpKind("yolobuild.ops.export:export_onnx", 1, ("torch", "onnx"), EXPORT + MODEL),
+    "export_torchscript": OpKind("yolobuild.ops.export:export_torchscript", 1, ("torch",), EXPORT + MODEL),
+    # the weights-only state_dict + the family's standalone model definition, for vendor flows that rebuild it
+    "export_state_dict": OpKind("yolobuild.ops.state_dict:export_state_dict", 1, ("torch",),
+                                ("ops/state_dict.py",) + MODEL),
+    "simplify": OpKind("yolobuild.ops.export:simplify", 2, ("onnx", "onnxslim"), EXPORT),
+    "check_simplify": OpKind("yolobuild.ops.export:check_simplify", 1, ("onnx", "onnxruntime"), EXPORT + ("runtime",)),
+    "prepare_inputs": OpKind("yolobuild.ops.inputs:prepare_inputs", 1, ("numpy", "pillow"), INPUTS, own_process=True),
+    "calibrate": OpKind("yolobuild.ops.inputs:calibrate", 1, ("numpy", "pillow"), INPUTS, own_process=True),
+    "reference": OpKind("yolobuild.ops.reference:reference", 1, ("torch",), ("ops/reference.py",) + INPUTS + MODEL),
+    "check_parity": OpKind("yolobuild.ops.check:check_parity", 1, ("numpy",), CHECKS),
+    "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval"), CHECKS),
+    "package": OpKind("yolobuild.ops.package:package", 1, (), ("ops/package.py", "ops/export.py", "runtime")),
     # hand-off builds: a generic int8 fake-quant of the exported ONNX on the host, labelled a preview
-    "preview": OpKind("yolobuild.ops.preview:preview", 1, ("onnxruntime", "onnx", "numpy", "faster-coco-eval")),
+    "preview": OpKind("yolobuild.ops.preview:preview", 1, ("onnxruntime", "onnx", "numpy", "faster-coco-eval"),
+                      ("ops/preview.py", "toolchains/onnxruntime/steps.py", "toolchains/onnxruntime/toolchain.yaml")
+                      + CHECKS),
 }
 
 
-# torch.onnx.export and torch.jit.trace keep process-wide state (GLOBALS.in_onnx_export, the tracing
-# state), and quiet() swaps sys.stdout: ops running side by side take this lock around them.
-TORCH_EXPORT_LOCK = threading.RLock()
+def code_paths(kind: OpKind) -> tuple[str, ...]:
+    """An op kind's code as import-root-relative paths (the form toolchain declarations use too)."""
+    return tuple(f"yolobuild/{path}" for path in kind.code)
 
 
 def resolve_impl(impl: str) -> Callable[[OpContext], None]:

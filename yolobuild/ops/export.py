@@ -1,17 +1,14 @@
 """Export ops: the patched model to ONNX (`export_onnx`), its simplification (`simplify`), TorchScript."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ToolchainError, UserError
+from ..runtime.quiet import quiet
 from . import OpContext
 
 INPUT_NAME = "images"
@@ -26,26 +23,6 @@ def output_names(head: str, strides=(8, 16, 32)) -> list[str]:
     if head == "decoded":
         return ["output"]
     raise UserError(f"graph.head: {head!r} is not allowed; allowed: raw, split, decoded")
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence exporter / simplifier warnings and chatter (Python warnings, stdout, their loggers)."""
-    from . import TORCH_EXPORT_LOCK
-
-    with TORCH_EXPORT_LOCK:     # process-wide state: one quiet section at a time (ops run in threads)
-        loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxslim", "onnxruntime", "root")]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with contextlib.redirect_stdout(io.StringIO()):
-                    yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def _value_shape(v) -> list:
@@ -67,7 +44,7 @@ def export_onnx(ctx: OpContext) -> None:
     import onnx
     import torch
 
-    from .model import load_patched
+    from .building import load_patched
 
     p = ctx.params
     head = p["head"]
@@ -177,7 +154,7 @@ def check_simplify(ctx: OpContext) -> None:
 def export_torchscript(ctx: OpContext) -> None:
     import torch
 
-    from .model import load_patched
+    from .building import load_patched
 
     p = ctx.params
     model = load_patched(ctx.inputs["model"])

@@ -45,12 +45,13 @@ def _at_least_opset13(path: Path, scratch: Path) -> tuple[Path, int]:
 
 
 def preview(ctx: OpContext) -> None:
-    from ..toolchains import onnxruntime as ort_tc
+    from ..toolchains.onnxruntime import steps as ort_tc
+    from ..toolchains.registry import get
 
     p = ctx.params
-    common = {"precision": "int8", "input_layout": "nchw_float32", "scale": float(p["scale"]),
-              "options": {"per_channel": True, "calibrate_method": "minmax", "fp32_head": False,
-                          "reduce_range": False, "pre_process": True}}
+    # the generic preview: ONNX Runtime's defaults, the head quantized too (what a vendor int8 does)
+    options = {**get("onnxruntime").option_defaults(), "calibrate_method": "minmax", "fp32_head": False}
+    common = {"precision": "int8", "input_layout": "nchw_float32", "scale": float(p["scale"]), "options": options}
     model, opset = _at_least_opset13(Path(ctx.inputs["model"]), Path(ctx.scratch))
     q = _sub(ctx, "quantize", common, {"model": model, "calib": ctx.inputs["calib"]}, ("model.onnx",))
     ort_tc.quantize(q)

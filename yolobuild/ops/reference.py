@@ -6,7 +6,7 @@ import torch
 
 from . import OpContext
 from .inputs import canvas_to_input, load_npz, save_npz
-from .model import load_checkpoint
+from .building import load_checkpoint
 
 BATCH = 8
 

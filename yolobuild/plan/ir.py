@@ -35,6 +35,8 @@ class Op:
     tools: tuple[str, ...] = ()            # distributions whose versions key the op
     version: int = 1
     final: tuple[str, ...] = field(default=())  # outputs copied into the build folder
+    impl: str | None = None                # "module:function" that runs it (toolchain steps; host ops: ops table)
+    code: tuple[str, ...] = ()             # source files / folders it runs (import-root relative): keyed by content
 
 
 @dataclass(frozen=True)

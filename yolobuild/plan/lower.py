@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..ops import OP_KINDS
-from ..toolchains import TOOLCHAINS
 from ..compose import MISSING
 from ..models.arch import family_patches
+from ..ops import OP_KINDS, code_paths
+from ..toolchains import registry
 from ..validate import ASSETS_DIR, BUILTIN_PREFIX, thaw
 from .ir import Op, Plan, Ref
 
@@ -33,14 +33,15 @@ class _Builder:
 
     def add(self, op_id: str, kind: str, params: dict, inputs: dict[str, Ref], outputs: tuple[str, ...],
             final: tuple[str, ...] = (), toolchain: str | None = None) -> str:
-        if toolchain:
-            spec = TOOLCHAINS[toolchain]
-            env, tools, version = spec.env, spec.tools, spec.op_version
+        if toolchain:   # a step of the toolchain package: what runs it and what keys it come from its declaration
+            decl = registry.get(toolchain)
+            env, tools, version, impl, code = decl.env, decl.tools, decl.op_version, decl.step(kind), decl.code
         else:
             k = OP_KINDS[kind]
-            env, tools, version = "host", k.tools, k.version
+            env, tools, version, impl, code = "host", k.tools, k.version, k.impl, code_paths(k)
         self.ops.append(Op(id=op_id, kind=kind, params=params, inputs=inputs, outputs=outputs,
-                           env=env, tools=tools, version=version, final=final, toolchain=toolchain))
+                           env=env, tools=tools, version=version, final=final, toolchain=toolchain,
+                           impl=impl, code=code))
         return op_id
 
 
@@ -113,10 +114,15 @@ def lower(config: Mapping) -> Plan:
               ("simplify_check.json",))
         onnx_ref = Ref("simplify", "model.onnx")
     tc_name = cfg["backend"]["toolchain"]   # the target's toolchain unless backend.toolchain picks another
-    tc = TOOLCHAINS[tc_name]
-    if fmt == "torchscript" or "torchscript" in tc.exports:
+    tc = registry.get(tc_name)
+    if fmt == "torchscript" or "torchscript" in tc.plan.exports:
         b.add("export_torchscript", "export_torchscript", {"batch": cfg["input"]["batch"], **size},
               {"model": Ref("patch", "patched.pt")}, ("model.torchscript.pt",), final=("model.torchscript.pt",))
+    if fmt == "state_dict" or "state_dict" in tc.plan.exports:   # the family's weights + standalone definition
+        b.add("export_state_dict", "export_state_dict",
+              {"head": cfg["graph"]["head"], "batch": cfg["input"]["batch"], "scale": ds["preprocess"]["scale"], **size},
+              {"model": Ref("patch", "patched.pt"), "meta": Ref("load_model", "model.json")},
+              ("model.pth", "model_def.py", "model_def.json"))
 
     # -- probe images and the PyTorch reference -----------------------------------------------------
     pre = {**size, **ds["preprocess"]}
@@ -132,18 +138,17 @@ def lower(config: Mapping) -> Plan:
               "head": cfg["graph"]["head"], "options": cfg["backend"]["options"], **pre}
     if prec["calibration"]:
         b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref}, ("calib.npz",))
-        if tc.quantize_step:
+        if tc.plan.quantize == "separate":
             b.add("quantize", "quantize", common, {"model": model_ref, "calib": Ref("calibrate", "calib.npz")},
                   ("model.onnx",), toolchain=tc_name)
             model_ref = Ref("quantize", "model.onnx")
     compile_inputs = {"model": model_ref}
-    if prec["calibration"] and not tc.quantize_step:
+    if prec["calibration"] and tc.plan.quantize != "separate":
         compile_inputs["calib"] = Ref("calibrate", "calib.npz")
-    handoff = tc.env == "handoff" or target["availability"] == "handoff"
-    if handoff:  # a bundle for the vendor's docker (toolchains/handoff.py), and a host int8 preview
+    if tc.plan.handoff:  # a bundle for the vendor's docker (the shared hand-off mechanism), and a host int8 preview
         _lower_handoff(b, cfg, tc_name, common, onnx_ref, evaluating, annotations_ref)
         return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="handoff", notes=tuple(notes))
-    if tc.simulates_in_compile:
+    if tc.plan.simulate == "in_compile":
         compile_inputs["probe"] = Ref("prepare_inputs", "probe.npz")
         b.add("compile", "compile", common, compile_inputs, tc.compiled + ("outputs.npz",), final=tc.compiled,
               toolchain=tc_name)
@@ -151,7 +156,7 @@ def lower(config: Mapping) -> Plan:
     else:
         b.add("compile", "compile", common, compile_inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
         sim_inputs = {"model": Ref("compile", tc.compiled[0]), "probe": Ref("prepare_inputs", "probe.npz")}
-        if tc.simulate_rebuilds:
+        if tc.plan.simulate == "op_rebuilds":
             sim_inputs.update({"source": compile_inputs["model"],
                                **({"calib": compile_inputs["calib"]} if "calib" in compile_inputs else {})})
         b.add("simulate", "simulate", common, sim_inputs, ("outputs.npz",), toolchain=tc_name)
@@ -177,17 +182,18 @@ def lower(config: Mapping) -> Plan:
 
 def _lower_handoff(b: _Builder, cfg: dict, tc_name: str, common: dict, onnx_ref: Ref, evaluating: bool,
                    annotations_ref: Ref | None) -> None:
-    from ..toolchains.handoff import detect
-
-    tc, prec = TOOLCHAINS[tc_name], cfg["precision"]
-    inputs = {"model": onnx_ref, "patched": Ref("patch", "patched.pt"), "meta": Ref("load_model", "model.json")}
-    if "torchscript" in tc.exports or cfg["frontend"]["format"] == "torchscript":
+    tc, prec = registry.get(tc_name), cfg["precision"]
+    inputs = {"model": onnx_ref, "meta": Ref("load_model", "model.json")}
+    if "torchscript" in tc.plan.exports or cfg["frontend"]["format"] == "torchscript":
         inputs["torchscript"] = Ref("export_torchscript", "model.torchscript.pt")
+    if "state_dict" in tc.plan.exports or cfg["frontend"]["format"] == "state_dict":
+        inputs.update({"state_dict": Ref("export_state_dict", "model.pth"),
+                       "model_def": Ref("export_state_dict", "model_def.py"),
+                       "model_def_info": Ref("export_state_dict", "model_def.json")})
     if prec["calibration"]:
         inputs["calib"] = Ref("calibrate", "calib.npz")
     params = {**common, "toolchain": tc_name, "name": f"{cfg['recipe']}_{cfg['target']['name']}_{prec['name']}",
-              "batch": cfg["input"]["batch"], "fuse": cfg["graph"]["fuse"], "patches": effective_patches(cfg),
-              "vendor_tool": detect(tc_name, cfg["backend"]["options"])}
+              "batch": cfg["input"]["batch"], "fuse": cfg["graph"]["fuse"], "patches": effective_patches(cfg)}
     b.add("handoff", "handoff", params, inputs, tc.compiled, final=tc.compiled, toolchain=tc_name)
     if prec["name"] != "int8":
         return

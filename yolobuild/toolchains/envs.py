@@ -2,8 +2,9 @@
 
 Vendor toolchains pin numpy, protobuf, onnx and even Python versions that clash with the host
 stack, so each lives in its own venv under `<cache>/toolchains/` (or `YOLOBUILD_TOOLCHAINS`),
-created from pinned requirements shipped in the package, never in the host environment. The
-host drives it through `worker.py` (JSON request in, JSON result and files out).
+created from the pinned requirements its toolchain package ships (declared in its toolchain.yaml),
+never in the host environment. The host drives it through `worker.py` (JSON request in, JSON result
+and files out).
 
 An environment is complete only when its marker file exists; the marker is written last, so
 an interrupted install is seen as incomplete and the next install starts it over.
@@ -23,7 +24,6 @@ from typing import Callable
 
 from ..errors import ToolchainError
 
-REQUIREMENTS_DIR = Path(__file__).parent / "requirements"
 MARKER = "yolobuild-env.json"
 
 
@@ -34,42 +34,27 @@ class EnvSpec:
     name: str                            # environment name, also its folder prefix
     aliases: tuple[str, ...]             # names accepted by `yolobuild toolchain install`
     python: str                          # "host" (this interpreter's version) or "3.10"
-    steps: tuple[tuple[str, tuple[str, ...]], ...]  # (requirements file, extra pip args), in order
+    steps: tuple[tuple[str, tuple[str, ...]], ...]  # (requirements file in `folder`, extra pip args), in order
     record: tuple[str, ...]              # distributions whose versions key the toolchain's ops
     fixup: str | None = None             # "module:function(env_dir)" run after pip, before the marker
     check: str = ""                      # python code that must run in the env for it to count as working
     extra_env: dict[str, str] = field(default_factory=dict)
+    folder: Path = Path(".")             # the toolchain package's folder: requirements paths start here
 
 
-ENVS: dict[str, EnvSpec] = {
-    "rknn-toolkit2": EnvSpec(
-        name="rknn-toolkit2", aliases=("rknn", "rknn-toolkit2"), python="host",
-        steps=(("rknn-toolkit2.nodeps.txt", ("--no-deps",)), ("rknn-toolkit2.txt", ())),
-        record=("rknn-toolkit2", "onnx", "onnxruntime", "numpy"),
-        check="from rknn.api import RKNN; RKNN(verbose=False).release()",
-    ),
-    # Python 3.10 only; the fix-ups (glibc libs moved aside, numpy torch shim) are explained in tpu_mlir.py
-    "tpu-mlir": EnvSpec(
-        name="tpu-mlir", aliases=("tpu-mlir", "tpu_mlir", "sophgo"), python="3.10",
-        steps=(("tpu-mlir.txt", ()),),
-        record=("tpu_mlir", "onnx", "onnxruntime", "numpy"),
-        fixup="yolobuild.toolchains.tpu_mlir:fixup",
-        # model_transform and model_deploy run with the glibc fix-up in place, from a clean folder
-        check="import os, sys, subprocess, tempfile, tpu_mlir, torch; assert torch.YOLOBUILD_SHIM\n"
-              "for tool in ('model_transform', 'model_deploy', 'run_calibration', 'model_runner'):\n"
-              "    subprocess.run([os.path.join(os.path.dirname(sys.executable), tool), '--help'], check=True,\n"
-              "                   stdout=subprocess.DEVNULL, cwd=tempfile.mkdtemp())",
-        # the package defaults OMP_NUM_THREADS to 4; yolobuild's CI machines have 2 cores
-        extra_env={"OMP_NUM_THREADS": "2"},
-    ),
-}
+def environments() -> dict[str, EnvSpec]:
+    """Every isolated environment the toolchain declarations name (toolchain.yaml `environment`)."""
+    from .registry import environments as declared
+
+    return declared()
 
 
 def find_spec(name: str) -> EnvSpec:
-    for spec in ENVS.values():
+    specs = environments()
+    for spec in specs.values():
         if name == spec.name or name in spec.aliases:
             return spec
-    known = ", ".join(a for s in ENVS.values() for a in s.aliases)
+    known = ", ".join(a for s in specs.values() for a in s.aliases)
     raise ToolchainError(f"toolchain {name!r} has no installable environment; known: {known}")
 
 
@@ -77,7 +62,7 @@ def toolchains_root() -> Path:
     env = os.environ.get("YOLOBUILD_TOOLCHAINS")
     if env:
         return Path(env).expanduser()
-    from ..engine.cache import default_root
+    from ..storage import default_root
 
     return default_root(None) / "toolchains"
 
@@ -85,7 +70,7 @@ def toolchains_root() -> Path:
 def spec_digest(spec: EnvSpec) -> str:
     h = hashlib.sha256(json.dumps([spec.python, spec.steps, spec.fixup]).encode())
     for req, _ in spec.steps:
-        h.update((REQUIREMENTS_DIR / req).read_bytes())
+        h.update((spec.folder / req).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -180,7 +165,7 @@ def install(spec: EnvSpec, progress: Callable[[str], None] = print, force: bool 
             _run([py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], log, progress,
                  f"{spec.name}: upgrading pip", 600)
         for i, (req, args) in enumerate(spec.steps, 1):
-            _run([py, "-m", "pip", "install", "--quiet", *args, "-r", str(REQUIREMENTS_DIR / req)], log, progress,
+            _run([py, "-m", "pip", "install", "--quiet", *args, "-r", str(spec.folder / req)], log, progress,
                  f"{spec.name}: pip install step {i}/{len(spec.steps)} ({req})", 1800)
         if spec.fixup:
             from importlib import import_module
@@ -193,7 +178,7 @@ def install(spec: EnvSpec, progress: Callable[[str], None] = print, force: bool 
         versions = _versions_in(py, spec.record, log)
         marker = {"name": spec.name, "python": py, "versions": versions, "digest": spec_digest(spec),
                   "installed_seconds": round(time.time() - start, 1)}
-        from ..engine.cache import write_atomic
+        from ..storage import write_atomic
 
         write_atomic(target / MARKER, json.dumps(marker, indent=1))
         progress(f"{spec.name}: ready in {marker['installed_seconds']} s ({target})")
@@ -227,7 +212,7 @@ def ensure(spec: EnvSpec, progress: Callable[[str], None] = print, auto_install:
 
 def listing() -> list[dict]:
     rows = []
-    for spec in ENVS.values():
+    for spec in environments().values():
         marker = read_marker(spec)
         rows.append({"toolchain": spec.name, "install name": spec.aliases[0],
                      "state": "installed" if marker else ("incomplete" if env_dir(spec).exists() else "not installed"),

@@ -1,143 +1,34 @@
 """Cambricon MLU220 / MLU270 (torch_mlu 1.x + genoff): hand-off bundle (seeds 001 and 004).
 
 Bundle: model.pth (weights-only state_dict, no conv+BN fuse, legacy serialization that PyTorch 1.3
-reads), <family>_mlu.py (the model definition the scripts import, PyTorch 1.3 compatible; one
-template per family, TEMPLATES),
+reads), <family>_mlu.py (the model definition the scripts import, PyTorch 1.3 compatible); both
+come from the model family's state_dict export (the plan's `export_state_dict` op), as files,
 quantize.py (int8/int16: mlu_quantize.quantize_dynamic_mlu with the recipe's qconfig over the
 calibration list, on the CPU), genoff.py (the offline .cambricon model per core version), run.sh,
 README.md. Nothing here imports torch_mlu on the host.
 """
 from __future__ import annotations
 
-import io
+import json
 import pprint
 from pathlib import Path
 
-from . import handoff as ho
-from .handoff import Bundle, Option, is_int, is_number, is_text, is_triple
+from ..handoff import bundle as ho
+from ..handoff.bundle import Bundle
 
 CORES = {"MLU220": 4, "MLU270": 16}                 # core_number ceilings
 QUANTIZED_MODE = {"fp16": 0, "int8": 1, "int16": 2}  # genoff -quantized_mode
-
-OPTIONS = {
-    "iteration": Option(None, check=is_int(1, none_ok=True), means="null (one per calibration image) or >= 1"),
-    "use_avg": Option(False, allowed=(False, True)),
-    "data_scale": Option(1.0, check=is_number(1e-6), means="a number > 0"),
-    "mean": Option([0.0, 0.0, 0.0], check=is_triple, means="three numbers"),
-    "std": Option([1.0, 1.0, 1.0], check=lambda v: is_triple(v) and all(x > 0 for x in v),
-                  means="three numbers > 0"),
-    "per_channel": Option(False, allowed=(False, True)),
-    "firstconv": Option(True, allowed=(True, False)),
-    "core_number": Option(1, check=is_int(1, 16), means="1..4 on MLU220, 1..16 on MLU270"),
-    "half_input": Option(1, allowed=(1, 0)),
-    "input_format": Option(0, allowed=(0, 1, 2, 3), doc="0 rgba, 1 argb, 2 bgra, 3 abgr"),
-    "fake_device": Option(1, allowed=(1, 0)),
-    "docker": Option("Cambricon PyTorch docker (torch_mlu 1.x on PyTorch 1.3, Neuware/CNToolkit with CNRT 4.x)",
-                     check=is_text, means="a docker image name"),
-    **ho.COMMON_OPTIONS,
-}
 
 SDK = ("Cambricon PyTorch (torch_mlu) 1.x on PyTorch 1.3 with Neuware / CNToolkit (CNML, CNRT 4.x), "
        "as in seeds 001 and 004; the offline model runs with CNRT")
 
 
-def _config_block(b: Bundle) -> str:
-    """CONFIG of templates/mlu_yolov5.py: the yolov5 layer table and scale multiples."""
-    from ..models.arch import YOLOV5_LAYOUTS, YOLOV5_SCALES
-
-    meta = b.meta
-    gd, gw = YOLOV5_SCALES[meta["scale"]]
-    cfg = {
-        "model_scale": meta["scale"], "layout": meta["layout"], "depth_multiple": gd, "width_multiple": gw,
-        "nc": int(meta["nc"]), "names": list(meta["names"]),
-        "anchors_px": [[float(v) for pair in level for v in pair] for level in meta["anchors_px"]],
-        "strides": [int(s) for s in meta["strides"]], "head": b.params["head"],
-        "input": [b.batch, 3, b.height, b.width], "scale": b.scale,  # input pixel scale (1/255)
-        "layers": [list(row) for row in YOLOV5_LAYOUTS[meta["layout"]]],
-    }
-    return "CONFIG = " + pprint.pformat(cfg, width=110, sort_dicts=False)
-
-
-def _config_darknet(b: Bundle) -> str:
-    """CONFIG of templates/mlu_darknet.py: the Darknet cfg's layers (classes / filters set for nc)."""
-    from ..models import darknet_cfg as dc
-
-    meta = b.meta
-    layers = dc.walk(dc.with_classes(dc.read_cfg(meta["layout"]), int(meta["nc"])))
-    keep = ("type", "index", "inputs", "c_in", "filters", "size", "stride", "pad", "groups", "bn", "act")
-    levels = dc.levels(layers)
-    cfg = {
-        "layout": meta["layout"], "nc": int(meta["nc"]), "names": list(meta["names"]),
-        "anchors_px": [[float(v) for pair in level for v in pair] for level in meta["anchors_px"]],
-        "strides": [int(s) for s in meta["strides"]], "head": b.params["head"],
-        "input": [b.batch, 3, b.height, b.width], "scale": b.scale,  # input pixel scale (1/255)
-        "heads": {y["index"] - 1: level for level, y in enumerate(levels)},     # conv before a [yolo] -> level
-        "yolo_levels": {y["index"]: level for level, y in enumerate(levels)},
-        "layers": [{k: la[k] for k in keep if k in la} for la in layers],
-    }
-    return "CONFIG = " + pprint.pformat(cfg, width=110, sort_dicts=False)
-
-
-# family -> (template in templates/, the module name the bundle's scripts import, its CONFIG writer, activation note)
-TEMPLATES = {
-    "yolov5": ("mlu_yolov5.py", "yolov5_mlu", _config_block, "SiLU as x*sigmoid(x)"),
-    "yolov3": ("mlu_darknet.py", "yolov3_mlu", _config_darknet, "Darknet cfg layers, LeakyReLU(0.1)"),
-}
-
-
-def _template(b: Bundle) -> tuple:
-    family = b.meta.get("family", "yolov5")
-    if family not in TEMPLATES:
-        raise ho.UserError(f"model.family: {family} has no Cambricon model definition template; "
-                           f"allowed: {', '.join(TEMPLATES)}")
-    return TEMPLATES[family]
-
-
-def model_definition(b: Bundle) -> str:
-    file, _, config, _ = _template(b)
-    text = (Path(__file__).parent / "templates" / file).read_text()
-    marker = "CONFIG = {}  # @CONFIG@"
-    assert marker in text
-    return text.replace(marker, config(b))
-
-
-def weights_only_pth(patched: Path) -> bytes:
-    """patched.pt -> the unfused fp32 state_dict, legacy (non-zip) serialization PyTorch 1.3 reads."""
-    from ..ops.model import load_checkpoint_file
-
-    ckpt = load_checkpoint_file(patched, key="model")
-    sd = {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous().clone()
-          for k, v in ckpt["state_dict"].items() if not k.endswith("num_batches_tracked")}
-    return _legacy_save_bytes(sd)
-
-
-def _legacy_save_bytes(obj) -> bytes:
-    """torch.save(obj, _use_new_zipfile_serialization=False), reproducibly.
-
-    The legacy writer names each storage by its memory address (str(storage._cdata)) and writes
-    them in that name's order; for the same bytes every run, the names become the order in which
-    the pickler meets the storages (dict order), for this call only.
-    """
-    import torch
-
-    cls = torch.UntypedStorage
-    real = next(vars(k)["_cdata"] for k in cls.__mro__ if "_cdata" in vars(k))
-    own = "_cdata" in vars(cls)
-    names: dict[int, int] = {}
-
-    def stable(self):
-        return names.setdefault(real.__get__(self, type(self)), 10 ** 9 + len(names))
-
-    cls._cdata = property(stable)
-    try:
-        buf = io.BytesIO()
-        torch.save(obj, buf, _use_new_zipfile_serialization=False)
-    finally:
-        if own:
-            cls._cdata = real
-        else:
-            del cls._cdata
-    return buf.getvalue()
+def _definition(b: Bundle) -> tuple[str, str]:
+    """(module name the bundle's scripts import, what to know about it), from the family's definition files."""
+    if "model_def" not in b.inputs or "state_dict" not in b.inputs:
+        raise ho.ToolchainError("handoff: the Cambricon flow needs the state_dict export; the plan has none")
+    info = json.loads(Path(b.inputs["model_def_info"]).read_text())
+    return f"{info['family']}_mlu", info["note"]
 
 
 QUANTIZE = '''#!/usr/bin/env python
@@ -260,9 +151,9 @@ def render(b: Bundle) -> None:
         raise ho.UserError(f"precision: {b.precision!r} is not supported by the Cambricon flow; "
                            f"allowed: {', '.join(QUANTIZED_MODE)}")
     mode = QUANTIZED_MODE[b.precision]
-    b.files["model.pth"] = weights_only_pth(b.inputs["patched"])
-    _, module, _, act_note = _template(b)
-    b.text(f"{module}.py", model_definition(b))
+    module, act_note = _definition(b)
+    b.copy("model.pth", b.inputs["state_dict"])
+    b.copy(f"{module}.py", b.inputs["model_def"])
     weights = "model.pth"
     if mode in (1, 2):
         if not b.calib_files:
@@ -316,10 +207,10 @@ def detect(options: dict) -> str:
     return "absent"
 
 
-VENDOR = ho.Vendor(toolchain="cambricon", title="Cambricon torch_mlu 1.x + genoff", sdk=SDK, options=OPTIONS,
+VENDOR = ho.Vendor(toolchain="cambricon", title="Cambricon torch_mlu 1.x + genoff", sdk=SDK,
                    render=render, detect=detect)
 
 
 def handoff(ctx) -> None:
-    """The handoff op (engine.dispatch calls the function named like the op kind)."""
+    """The handoff step (toolchain.yaml `steps`: the engine calls the function named like the op kind)."""
     ho.run(ctx, VENDOR)

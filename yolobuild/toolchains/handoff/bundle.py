@@ -1,13 +1,12 @@
 """Hand-off bundles: everything up to a proprietary compiler, done for real, in one folder.
 
 One mechanism for every vendor whose compiler cannot run here (Cambricon genoff, VastAI vamc,
-RKNN-Toolkit 1.x, Sophgo tpu-nntc). The `handoff` op implementation of each vendor module is
-`run(ctx, VENDOR)`; a vendor module only holds its differences (a `Vendor` record: its option
-table, its file renderers, how to find its tool).
+RKNN-Toolkit 1.x, Sophgo tpu-nntc). The `handoff` step of each vendor package is
+`run(ctx, VENDOR)`; a vendor package only holds its differences (a `Vendor` record: its file
+renderers, how to find its tool). Its options arrive checked and complete: validate merged the
+schema defaults (toolchain.yaml `options` plus handoff/options.yaml) with the recipe's choices.
 
 What this module does for all of them:
-- validate `backend.options` against the vendor's option table (one line per problem, naming
-  `backend.options.X`), defaults for keys the target YAML leaves out;
 - write the calibration set as PNG canvases already letterboxed to the network input (so any
   resize/pad step of the vendor tool is an identity), with `dataset.txt` and
   `calib/preprocess.json` saying the exact remaining preprocessing;
@@ -15,8 +14,10 @@ What this module does for all of them:
   vendor's steps), labels.txt and bundle.json (every file with its sha256);
 - check its own output: every YAML/JSON file against the vendor-format schema in
   `vendor_schemas/`, every Python script through `compile()`;
-- when the vendor tool is present (`vendor_tool` param, decided when the plan is lowered, so it
-  keys the op's fingerprint), run `run.sh` with it instead of stopping at the bundle.
+- look for the vendor tool when the op runs (never while validating or planning: a configured
+  vendor python is started to check it), and when it is there run `run.sh` with it instead of
+  stopping at the bundle; the op's results and the manifest say what was found. The toolchain's
+  `tools` list (e.g. `path:vamc`) keys the op on the tool's presence, so finding one reruns it.
 
 Every file is a pure function of the op params and input artifacts: no timestamps, no host paths.
 """
@@ -32,80 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ToolchainError, UserError
+from ...errors import ToolchainError, UserError
 
 BUNDLE_FORMAT = "yolobuild-handoff/1"
-SCHEMAS_DIR = Path(__file__).parent / "vendor_schemas"
 PREVIEW_LABEL = "preview, not the vendor compiler"
-
-
-# --------------------------------------------------------------------------- options
-
-@dataclass(frozen=True)
-class Option:
-    default: Any
-    allowed: tuple | None = None          # a closed set of values
-    check: Callable[[Any], bool] | None = None   # else a predicate
-    means: str = ""                       # what is allowed, in words (for the error line)
-    doc: str = ""
-
-
-def _describe_allowed(opt: Option) -> str:
-    if opt.allowed is not None:
-        return ", ".join(json.dumps(v) for v in opt.allowed)
-    return opt.means or "see the toolchain's option table"
-
-
-def check_options(toolchain: str, table: dict[str, Option], given: dict | None) -> dict:
-    """backend.options -> the vendor's full option dict (defaults filled); UserError per bad key."""
-    given = dict(given or {})
-    lines = []
-    for key in sorted(set(given) - set(table)):
-        from ..errors import nearest
-
-        lines.append(f"backend.options.{key}: not a {toolchain} option{nearest(key, table)}; "
-                     f"allowed: {', '.join(table)}")
-    out = {}
-    for key, opt in table.items():
-        value = given.get(key, opt.default)
-        ok = True
-        if opt.allowed is not None:
-            ok = any(value == a and type(value) is type(a) for a in opt.allowed)
-        elif opt.check is not None:
-            try:
-                ok = bool(opt.check(value))
-            except (TypeError, ValueError):
-                ok = False
-        if not ok:
-            lines.append(f"backend.options.{key}: {value!r} is not allowed; allowed: {_describe_allowed(opt)}")
-        out[key] = value
-    if lines:
-        raise UserError(lines[0], lines)
-    return out
-
-
-def is_int(lo: int | None = None, hi: int | None = None, none_ok: bool = False):
-    def check(v):
-        if v is None:
-            return none_ok
-        return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo) and (hi is None or v <= hi)
-    return check
-
-
-def is_number(lo: float | None = None, hi: float | None = None):
-    def check(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and (lo is None or v >= lo) \
-            and (hi is None or v <= hi)
-    return check
-
-
-def is_text(v) -> bool:
-    return isinstance(v, str) and bool(v.strip()) and "\n" not in v
-
-
-def is_triple(v) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 3 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -179,9 +110,9 @@ class Vendor:
     toolchain: str
     title: str                      # "Cambricon MLU (torch_mlu 1.x + genoff)"
     sdk: str                        # the SDK versions the bundle is written for
-    options: dict[str, Option]
     render: Callable[[Bundle], None]
     schemas: dict[str, str] = field(default_factory=dict)   # bundle file -> vendor schema file
+    schemas_dir: Path | None = None                         # the vendor package's schema folder
     detect: Callable[[dict], str] | None = None             # options -> "absent" | what was found
 
 
@@ -195,7 +126,7 @@ def write_calibration(b: Bundle, folder: str = "calib") -> None:
 
     from PIL import Image
 
-    from ..runtime.arrays import load_npz
+    from ...runtime.arrays import load_npz
 
     canvases = load_npz(b.inputs["calib"])["images"]
     if not len(canvases):
@@ -280,10 +211,6 @@ def render_readme(vendor: Vendor, b: Bundle, files: list[str]) -> str:
 
 # --------------------------------------------------------------------------- self-checks
 
-def _schema(name: str) -> dict:
-    return json.loads((SCHEMAS_DIR / name).read_text())
-
-
 def check_bundle(vendor: Vendor, files: dict[str, bytes]) -> None:
     """Generated vendor files must parse and match the vendor format's schema; scripts must compile."""
     import yaml
@@ -294,7 +221,8 @@ def check_bundle(vendor: Vendor, files: dict[str, bytes]) -> None:
             continue
         text = files[rel].decode()
         doc = yaml.safe_load(text) if rel.endswith((".yaml", ".yml")) else json.loads(text)
-        errors = sorted(Draft202012Validator(_schema(schema_name)).iter_errors(doc), key=lambda e: list(e.path))
+        schema = json.loads((vendor.schemas_dir / schema_name).read_text())
+        errors = sorted(Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
         if errors:
             e = errors[0]
             raise ToolchainError(f"handoff: generated {rel} does not match {schema_name} at "
@@ -350,29 +278,14 @@ def dist_version(dist: str) -> str | None:
         return None
 
 
-def detect(toolchain: str, options: dict | None) -> str:
-    """What vendor tool this machine offers for `toolchain`: 'absent' or a short description.
-
-    Called when the plan is lowered (cheap: PATH and import-spec lookups), so finding the tool
-    changes the handoff op's fingerprint and the engine reruns it with the tool.
-    """
-    from . import TOOLCHAINS
-
-    spec = TOOLCHAINS.get(toolchain)
-    if spec is None or spec.module is None:
-        return "absent"
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError:
-        return "absent"
-    vendor: Vendor | None = getattr(module, "VENDOR", None)
-    if vendor is None or vendor.detect is None:
-        return "absent"
-    if os.environ.get("YOLOBUILD_NO_VENDOR_TOOLS"):
+def detect(vendor: Vendor, options: dict) -> str:
+    """What vendor tool this machine offers: 'absent' or a short description. Runs when the op
+    runs (a configured vendor python is started to check it), never while validating or planning."""
+    if vendor.detect is None or os.environ.get("YOLOBUILD_NO_VENDOR_TOOLS"):
         return "absent"
     try:
         return vendor.detect(dict(options or {})) or "absent"
-    except Exception:  # a broken probe must never break planning
+    except Exception:  # a broken probe means no tool, never a failed bundle
         return "absent"
 
 
@@ -406,7 +319,7 @@ def _run_vendor(b: Bundle, out: Path, ctx, timeout: int) -> dict:
 
 def run(ctx, vendor: Vendor) -> None:
     p = ctx.params
-    opts = check_options(vendor.toolchain, vendor.options, p.get("options"))
+    opts = dict(p.get("options") or {})
     meta = json.loads(Path(ctx.inputs["meta"]).read_text())
     b = Bundle(params=p, options=opts, meta=meta, inputs=dict(ctx.inputs))
     write_calibration(b)
@@ -439,7 +352,7 @@ def run(ctx, vendor: Vendor) -> None:
         dest.write_bytes(data)
         os.chmod(dest, 0o755 if rel in b.executable else 0o644)
 
-    found = p.get("vendor_tool", "absent")
+    found = detect(vendor, opts)
     vendor_run: dict[str, Any] = {"found": found, "ran": False}
     if found != "absent":
         timeout = int(opts.get("vendor_timeout") or 3600)
@@ -462,12 +375,3 @@ def _listing(b: Bundle) -> list[str]:
     if calib:
         files.append(f"{b.calib_files[0]} .. {b.calib_files[-1]} ({len(calib)} calibration images)")
     return sorted(files)
-
-
-# Options every vendor shares: where it runs, and the "vendor tool present" hook.
-COMMON_OPTIONS = {
-    "vendor_python": Option(None, check=lambda v: v is None or is_text(v),
-                            means="null or the python of an environment with the vendor SDK",
-                            doc="run the vendor steps with this interpreter when its SDK imports"),
-    "vendor_timeout": Option(3600, check=is_int(1), means="an integer >= 1 (seconds)"),
-}

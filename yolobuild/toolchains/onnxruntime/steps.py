@@ -1,7 +1,7 @@
 """ONNX Runtime on the host CPU: static QDQ int8 quantization, an optimized model, and its outputs.
 
 The calibration reader, the simulator and the PyTorch reference all build the network input
-with `ops.inputs.canvas_to_input` from the same letterboxed uint8 canvases.
+with `runtime.arrays.canvas_to_input` from the same letterboxed uint8 canvases.
 """
 from __future__ import annotations
 
@@ -10,21 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ToolchainError, UserError
-from ..context import OpContext
-from ..ops.export import quiet
-from ..runtime.arrays import canvas_to_input, load_npz, save_npz
-
-OPTIONS = {
-    "calibrate_method": ("minmax", "entropy", "percentile"),
-    "per_channel": (True, False),
-    "reduce_range": (False, True),
-    "percentile": None,           # percentile method only, default 99.999
-    "num_bins": None,             # entropy method only: histogram bins, default 512 (time grows with the square)
-    "pre_process": (True, False),  # run quant_pre_process (shape inference + basic optimization) first
-    "fp32_head": (True, False),    # keep the detection head (output convs and any decode after them) in float
-}
-
+from ...context import OpContext
+from ...errors import ToolchainError, UserError
+from ...runtime.arrays import canvas_to_input, load_npz, save_npz
+from ...runtime.quiet import quiet
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
@@ -47,26 +36,6 @@ def _session(model, optimization: str = "all", optimized_path: Path | None = Non
         return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ToolchainError(f"onnxruntime: cannot load {Path(model).name}: {_one_line(exc)}") from None
-
-
-def _options(params: dict) -> dict:
-    opts = dict(params.get("options") or {})
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise UserError(f"backend.options.{unknown[0]}: not an onnxruntime option; allowed: {', '.join(OPTIONS)}")
-    out = {"calibrate_method": "minmax", "per_channel": True, "reduce_range": False, "percentile": 99.999,
-           "num_bins": 512, "pre_process": True, "fp32_head": True}
-    out.update(opts)
-    for key, allowed in OPTIONS.items():
-        if allowed is not None and out[key] not in allowed:
-            raise UserError(f"backend.options.{key}: {out[key]!r} is not allowed; "
-                            f"allowed: {', '.join(map(str, allowed))}")
-    if isinstance(out["num_bins"], bool) or not isinstance(out["num_bins"], int) or out["num_bins"] < 256:
-        raise UserError(f"backend.options.num_bins: {out['num_bins']!r} is not allowed; allowed: an integer >= 256")
-    if isinstance(out["percentile"], bool) or not isinstance(out["percentile"], (int, float)) \
-            or not 50 < out["percentile"] <= 100:
-        raise UserError(f"backend.options.percentile: {out['percentile']!r} is not allowed; allowed: 50 < p <= 100")
-    return out
 
 
 def _input_layout(params: dict) -> str:
@@ -161,14 +130,16 @@ def _entropy_ranges(model: Path, reader, scratch: Path, num_bins: int, cache: Pa
     save_tensors_data(calibrator.compute_data(), cache)
 
 
-def quantize(ctx: OpContext) -> None:
+def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bias: bool = True) -> None:
+    """Static QDQ int8. symmetric_activations (int8, zero point 0) and quantize_bias=False (float biases)
+    are TensorRT's Q/DQ rules: the tensorrt toolchain's quantize asks for both."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     p = ctx.params
     _input_layout(p)
     if p.get("precision") != "int8":
         raise UserError(f"precision: {p.get('precision')!r} is not supported by onnxruntime quantize; allowed: int8")
-    opts = _options(p)
+    opts = p["options"]   # complete and checked at validate (toolchain.yaml options)
     src = Path(ctx.inputs["model"])
     calib = load_npz(ctx.inputs["calib"])["images"]
     if not len(calib):
@@ -199,7 +170,7 @@ def quantize(ctx: OpContext) -> None:
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[opts["calibrate_method"]]
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    extra = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QuantizeBias": quantize_bias}
     if opts["calibrate_method"] == "percentile":
         extra["CalibPercentile"] = float(opts["percentile"])
     out = Path(ctx.outputs["model.onnx"])
@@ -218,7 +189,8 @@ def quantize(ctx: OpContext) -> None:
                 reader = None
             quantize_static(str(model_in), str(out), reader, quant_format=QuantFormat.QDQ,
                             per_channel=bool(opts["per_channel"]), reduce_range=bool(opts["reduce_range"]),
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=method, extra_options=extra, nodes_to_exclude=excluded,
                             **({"calibration_cache_path": str(cache)} if cache else {}))
     except Exception as exc:

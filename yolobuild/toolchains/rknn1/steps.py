@@ -8,21 +8,8 @@ config (incl. pre_compile), run.sh, README.md.
 from __future__ import annotations
 
 
-from . import handoff as ho
-from .handoff import Bundle, Option, is_int, is_text
-
-OPTIONS = {
-    "quantized_dtype": Option("asymmetric_affine-u8",
-                              allowed=("asymmetric_affine-u8", "dynamic_fixed_point-i8", "dynamic_fixed_point-i16")),
-    "quantized_algorithm": Option("normal", allowed=("normal", "mmse", "kl_divergence")),
-    "optimization_level": Option(3, allowed=(0, 1, 2, 3)),
-    "reorder_channel": Option("0 1 2", allowed=("0 1 2", "2 1 0")),
-    "batch_size": Option(1, check=is_int(1, 256), means="an integer 1..256 (quantization batch)"),
-    "pre_compile": Option(False, allowed=(False, True)),
-    "docker": Option("rknn-toolkit 1.7.x docker (rknn-toolkit-1.7.1-docker), Python 3.6", check=is_text,
-                     means="a docker image name"),
-    **ho.COMMON_OPTIONS,
-}
+from ..handoff import bundle as ho
+from ..handoff.bundle import Bundle
 
 SDK = "RKNN-Toolkit 1.7.x (1.7.1 in seed 001), rknn.api 1.x on Python 3.6; rknpu driver 1.7 on the board"
 MODES = {"split": 0, "raw": 4}   # seed 001 export modes
@@ -115,10 +102,10 @@ def detect(options: dict) -> str:
     return "absent"
 
 
-VENDOR = ho.Vendor(toolchain="rknn-toolkit-1.7", title="RKNN-Toolkit 1.7", sdk=SDK, options=OPTIONS,
+VENDOR = ho.Vendor(toolchain="rknn-toolkit-1.7", title="RKNN-Toolkit 1.7", sdk=SDK,
                    render=render, detect=detect)
 
 
 def handoff(ctx) -> None:
-    """The handoff op (engine.dispatch calls the function named like the op kind)."""
+    """The handoff step (toolchain.yaml `steps`: the engine calls the function named like the op kind)."""
     ho.run(ctx, VENDOR)

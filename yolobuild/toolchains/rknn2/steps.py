@@ -2,7 +2,7 @@
 
 Host side only: prepares the inputs (the calibration list as .npy files of the exact letterboxed
 canvases, so the toolkit applies nothing but the recipe's mean/std), then runs
-rknn2_worker.py inside the isolated rknn-toolkit2 environment, which builds, exports and
+worker.py inside the isolated rknn-toolkit2 environment, which builds, exports and
 simulates in one session.
 """
 from __future__ import annotations
@@ -11,31 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..context import OpContext
-from ..runtime.arrays import load_npz, save_npz
-from .envs import call_in_env
-
-# backend.options for this toolchain: name -> allowed values (defaults live in the target YAMLs)
-OPTIONS = {
-    "quantized_algorithm": ("normal", "kl_divergence", "mmse"),
-    "quantized_method": ("channel", "layer"),
-    "optimization_level": (0, 1, 2, 3),
-    "fp16_head": (True, False),   # int8 body, float16 head convs (hybrid quantization)
-}
-DEFAULTS = {"quantized_algorithm": "normal", "quantized_method": "channel", "optimization_level": 3,
-            "fp16_head": True}
-
-
-def _options(params: dict) -> dict:
-    opts = {**DEFAULTS, **(params.get("options") or {})}
-    for key, value in opts.items():
-        if key not in OPTIONS:
-            raise UserError(f"backend.options.{key}: not an rknn-toolkit2 option; allowed: {', '.join(OPTIONS)}")
-        if value not in OPTIONS[key]:
-            raise UserError(f"backend.options.{key}: {value!r} is not allowed; "
-                            f"allowed: {', '.join(map(str, OPTIONS[key]))}")
-    return opts
+from ...context import OpContext
+from ...errors import UserError
+from ...runtime.arrays import load_npz, save_npz
+from ..envs import call_in_env
 
 
 def _request(ctx: OpContext, onnx_path: Path) -> dict:
@@ -44,7 +23,7 @@ def _request(ctx: OpContext, onnx_path: Path) -> dict:
         raise UserError(f"target.input_layout: rknn-toolkit2 runs nhwc_uint8 inputs, not {p['input_layout']}")
     std = round(1.0 / float(p["scale"]), 6)
     req = {"onnx": str(onnx_path), "platform": p["platform"], "precision": p["precision"],
-           "mean": [0.0, 0.0, 0.0], "std": [std, std, std], "quantized_dtype": "w8a8", **_options(p)}
+           "mean": [0.0, 0.0, 0.0], "std": [std, std, std], "quantized_dtype": "w8a8", **p["options"]}
     if p["precision"] == "int8":
         req["dataset"] = str(_calibration_list(ctx))
     return req
@@ -79,7 +58,7 @@ def compile(ctx: OpContext) -> None:
     out_dir = ctx.scratch / "sim"
     out_dir.mkdir(parents=True, exist_ok=True)
     req.update(images=str(images), out_dir=str(out_dir))
-    result = call_in_env(ctx, "rknn-toolkit2", "yolobuild.toolchains.rknn2_worker:compile_and_simulate", req)
+    result = call_in_env(ctx, "rknn-toolkit2", "yolobuild.toolchains.rknn2.worker:compile_and_simulate", req)
     names = result["outputs"]
     arrays = {n: np.load(out_dir / f"{i}.npy") for i, n in enumerate(names)}
     save_npz(ctx.outputs["outputs.npz"], __names__=np.array(names), **arrays)

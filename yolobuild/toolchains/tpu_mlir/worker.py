@@ -131,7 +131,7 @@ def _run_bmodel(model: Path, inputs_npy: Path, input_name: str, names: list[str]
     out_dir.mkdir(parents=True, exist_ok=True)
     with _locked(lock):
         print(f"$ model_runner (in-process loop) {model} on {inputs_npy}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "yolobuild.toolchains.tpu_mlir_worker", str(spec)], cwd=cwd,
+        proc = subprocess.run([sys.executable, "-m", "yolobuild.toolchains.tpu_mlir.worker", str(spec)], cwd=cwd,
                               stdout=sys.stdout, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"model_runner on the cmodel failed (exit {proc.returncode})")

@@ -8,20 +8,8 @@ run.sh, README.md.
 from __future__ import annotations
 
 
-from . import handoff as ho
-from .handoff import Bundle, Option, is_int, is_text
-
-OPTIONS = {
-    "opt": Option(1, allowed=(0, 1, 2)),
-    "dyn": Option(False, allowed=(False, True)),
-    "cmp": Option(True, allowed=(True, False)),
-    "enable_profile": Option(True, allowed=(True, False)),
-    "cali_iterations": Option(None, check=is_int(1, none_ok=True),
-                              means="null (one per calibration image) or an integer >= 1"),
-    "docker": Option("sophgo/tpuc_dev with tpu-nntc 3.1.x (source envsetup.sh)", check=is_text,
-                     means="a docker image name"),
-    **ho.COMMON_OPTIONS,
-}
+from ..handoff import bundle as ho
+from ..handoff.bundle import Bundle
 
 SDK = "Sophgo tpu-nntc 3.x (bmnetp, ufw, bmnetu) for BM1684, torch 1.8 TorchScript (seed 000)"
 
@@ -82,10 +70,10 @@ def detect(options: dict) -> str:
     return "absent"
 
 
-VENDOR = ho.Vendor(toolchain="tpu-nntc", title="Sophgo tpu-nntc", sdk=SDK, options=OPTIONS, render=render,
+VENDOR = ho.Vendor(toolchain="tpu-nntc", title="Sophgo tpu-nntc", sdk=SDK, render=render,
                    detect=detect)
 
 
 def handoff(ctx) -> None:
-    """The handoff op (engine.dispatch calls the function named like the op kind)."""
+    """The handoff step (toolchain.yaml `steps`: the engine calls the function named like the op kind)."""
     ho.run(ctx, VENDOR)

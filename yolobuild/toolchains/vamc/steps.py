@@ -7,28 +7,11 @@ accuracy commands, the calibration set (int8), run.sh, README.md.
 """
 from __future__ import annotations
 
-from . import handoff as ho
-from .handoff import Bundle, Option, is_int, is_number, is_text
+from dataclasses import replace
+from pathlib import Path
 
-OPTIONS = {
-    "vamc_version": Option(3, allowed=(3, 2), doc="3: vamc compile (sections frontend/graph/dataset/backend/"
-                                                   "workspace); 2: vamc build (model/engine/dataset/workspace)"),
-    "backend_type": Option("tvm_vacc", allowed=("tvm_vacc",), doc="runstream"),
-    "data_transport_mode": Option(3, check=is_int(0, 3), means="an integer 0..3"),
-    "cluster_mode": Option(0, check=is_int(0, 2), means="an integer 0..2"),
-    "calibrate_mode": Option("max", check=is_text, means="a vamc calibrate_mode name, e.g. max"),
-    "quantize_per_channel": Option(True, allowed=(True, False)),
-    "calib_count": Option(None, check=is_int(1, none_ok=True),
-                          means="null (every calibration image) or an integer >= 1"),
-    "extra_ops": Option(False, allowed=(False, True),
-                        doc="let the compiler append the YOLOv5 decode + NMS (graph.extra_ops yolov5_nms)"),
-    "nms_threshold": Option(0.65, check=is_number(0, 1), means="a number 0..1"),
-    "confidence_threshold": Option(0.001, check=is_number(0, 1), means="a number 0..1"),
-    "device": Option(0, check=is_int(0), means="an integer >= 0 (vamp -d)"),
-    "docker": Option("VastAI's vamc 3 docker (vamc v3.0+, vamp v2.4+, vaststreamx v2.8+)", check=is_text,
-                     means="a docker image name"),
-    **ho.COMMON_OPTIONS,
-}
+from ..handoff import bundle as ho
+from ..handoff.bundle import Bundle
 
 SDK = "vamc v3.0+ (or v2 with backend.options.vamc_version=2), vamp v2.4+, vaststreamx v2.8+ (seed 003)"
 
@@ -160,20 +143,17 @@ def detect(options: dict) -> str:
 
 
 VENDOR = ho.Vendor(
-    toolchain="vamc", title="VastAI vamc", sdk=SDK, options=OPTIONS, render=render,
+    toolchain="vamc", title="VastAI vamc", sdk=SDK, render=render,
     schemas={"build.yaml": "vamc3_build.schema.json", "vdsp_params.json": "vamp_vdsp_params.schema.json"},
-    detect=detect)
+    schemas_dir=Path(__file__).parent / "vendor_schemas", detect=detect)
 
 
 def _vendor_for(params: dict) -> ho.Vendor:
     if (params.get("options") or {}).get("vamc_version") != 2:
         return VENDOR
-    return ho.Vendor(toolchain=VENDOR.toolchain, title=VENDOR.title, sdk=VENDOR.sdk, options=OPTIONS,
-                     render=render, detect=detect,
-                     schemas={"build.yaml": "vamc2_build.schema.json",
-                              "vdsp_params.json": "vamp_vdsp_params.schema.json"})
+    return replace(VENDOR, schemas={**VENDOR.schemas, "build.yaml": "vamc2_build.schema.json"})
 
 
 def handoff(ctx) -> None:
-    """The handoff op (engine.dispatch calls the function named like the op kind)."""
+    """The handoff step (toolchain.yaml `steps`: the engine calls the function named like the op kind)."""
     ho.run(ctx, _vendor_for(ctx.params))
