@@ -31,6 +31,11 @@ verbs:
   inspect    what a checkpoint holds: family, classes, strides, anchors, input size (imports torch;
              full pickles go through the restricted unpickler, no code from the file runs)
 
+trust: model.source.repo=DIR imports your fork's modules from DIR, and importing a module runs its
+  code: name only a folder whose code you trust. The checkpoint may then name the layer and container
+  classes those modules define, never a function or a name they re-export. model.trust_checkpoint=true
+  unpickles the file as it is: only for files you made yourself.
+
 overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
   group choices: recipe=NAME target=NAME precision=NAME dataset=NAME
   common keys: model.weights=PATH|random  input.width=W input.height=H  graph.head=raw|split|decoded

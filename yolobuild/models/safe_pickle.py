@@ -13,11 +13,16 @@ pickle imports and instantiates. Here every global a file names goes through an 
 Anything else is refused with `RefusedGlobal`, naming the global. yolobuild then rebuilds the
 network with its own code from the stand-in tree's state_dict and metadata.
 
-`allow_unknown=True` (model.trust_checkpoint=true) imports any other global normally;
-`source_repo=PATH` (model.source.repo) imports other globals only from modules found under PATH.
+`allow_unknown=True` (model.trust_checkpoint=true) imports any other global normally.
+`source_repo=PATH` (model.source.repo) imports the fork's modules found under PATH — importing a
+module runs its code, so naming the folder is the user's explicit trust in that code — and lets the
+pickle name only classes those modules define themselves (`cls.__module__` is the module) that are
+`torch.nn.Module` subclasses or plain containers: never a function, and never a name the module
+merely re-exports (`from subprocess import check_output` in a fork is refused).
 """
 from __future__ import annotations
 
+import _compat_pickle
 import builtins
 import collections
 import datetime
@@ -195,7 +200,9 @@ def _safe_getattr(obj, name):
     if isinstance(obj, nn.Module) and name in ("forward", "forward_fuse", "forward_split"):
         return getattr(obj, name)
     if isinstance(obj, type) and issubclass(obj, (Stub, nn.Module)) and not name.startswith("_"):
-        return getattr(obj, name, None)
+        attr = getattr(obj, name, None)
+        if not callable(attr) or (isinstance(attr, type) and issubclass(attr, (Stub, nn.Module))):
+            return attr   # plain class data, or a nested layer class: nothing a REDUCE could call to run code
     raise RefusedGlobal(f"builtins.getattr({type(obj).__name__}, {name!r})")
 
 
@@ -244,10 +251,23 @@ def _import_from_repo(repo: Path, module: str, name: str):
     if repo.resolve() not in origin.parents:
         raise SourceRepoError(f"model.source.repo: {module} was imported from {origin}, not from {repo}")
     try:
-        return getattr(mod, name)
+        obj = getattr(mod, name)
     except AttributeError:
         raise SourceRepoError(f"model.source.repo: {repo}/{rel}.py defines no {name} "
                               f"(the checkpoint references {module}.{name})") from None
+    if not _fork_class(obj, module):
+        raise RefusedGlobal(f"{module}.{name}", "model.source.repo lets a checkpoint name only nn.Module or "
+                            "container classes its fork's modules define, not functions or re-exported names")
+    return obj
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _fork_class(obj, module: str) -> bool:
+    """A class the fork's module itself defines, and one a model checkpoint holds: a layer or a container."""
+    return (isinstance(obj, type) and getattr(obj, "__module__", None) == module
+            and issubclass(obj, (nn.Module, *_CONTAINERS)))
 
 
 def make_pickle_module(allow_unknown: bool = False, source_repo: Path | None = None) -> types.ModuleType:
@@ -255,10 +275,13 @@ def make_pickle_module(allow_unknown: bool = False, source_repo: Path | None = N
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
+            # Python 2 names, as protocol-2 pickles write them (subprocess as `commands`): judge the real module
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             obj = resolve_known(module, name)
             if obj is not None:
                 return obj
-            if source_repo is not None and not module.startswith(("builtins", "os", "posix", "subprocess", "sys")):
+            if source_repo is not None and module.split(".")[0] not in sys.stdlib_module_names:
                 return _import_from_repo(source_repo, module, name)
             if allow_unknown:
                 return super().find_class(module, name)

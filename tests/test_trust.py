@@ -1,0 +1,128 @@
+"""Untrusted input never runs code: a checkpoint naming a function through a fork (model.source.repo),
+for both `build` and `inspect`; and a fork's own layer classes still load."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import run_cli
+
+
+def _fork(root: Path, common_py: str) -> Path:
+    repo = root / "fork"
+    (repo / "models").mkdir(parents=True)
+    (repo / "models" / "__init__.py").write_text("")
+    (repo / "models" / "common.py").write_text(common_py)
+    return repo
+
+
+def _save_calling(path: Path, module: str, func_name: str, args: tuple) -> None:
+    """A checkpoint whose pickle calls `module.func_name(*args)` when loaded (pickle's REDUCE)."""
+    fake = types.ModuleType(module)
+
+    def stand_in(*a, **k):
+        raise AssertionError("never called while saving")
+
+    stand_in.__module__, stand_in.__qualname__, stand_in.__name__ = module, func_name, func_name
+    setattr(fake, func_name, stand_in)
+
+    class Payload:
+        def __reduce__(self):
+            return stand_in, args
+
+    parents = [module.rsplit(".", i)[0] for i in range(module.count("."), 0, -1)]
+    saved = {k: sys.modules.get(k) for k in (*parents, module)}
+    for name in parents:
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules[module] = fake
+    try:
+        torch.save({"epoch": 3, "model": Payload()}, path)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+@pytest.fixture
+def reexport_attack(tmp_path):
+    marker = tmp_path / "PWNED"
+    repo = _fork(tmp_path, "from subprocess import check_output  # re-exported, as forks often do\n")
+    weights = tmp_path / "best.pt"
+    _save_calling(weights, "models.common", "check_output", (["touch", str(marker)],))
+    return repo, weights, marker
+
+
+def test_source_repo_refuses_a_reexported_function_in_build(reexport_attack, tmp_path):
+    repo, weights, marker = reexport_attack
+    r = run_cli("recipe=yolov5n", f"model.weights={weights}", f"model.source.repo={repo}",
+                f"workspace.path={tmp_path / 'ws'}", "evaluate.enabled=false", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert not marker.exists()
+    errors = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "models.common.check_output" in errors[0] and "Traceback" not in r.stderr
+
+
+def test_source_repo_refuses_a_reexported_function_in_inspect(reexport_attack, tmp_path):
+    repo, weights, marker = reexport_attack
+    r = run_cli("inspect", f"model.weights={weights}", f"model.source.repo={repo}", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert not marker.exists()
+    assert "models.common.check_output" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_source_repo_refuses_a_stdlib_module_named_directly(tmp_path):
+    marker = tmp_path / "PWNED"
+    repo = _fork(tmp_path, "")
+    weights = tmp_path / "best.pt"
+    _save_calling(weights, "subprocess", "check_output", (["touch", str(marker)],))
+    r = run_cli("inspect", f"model.weights={weights}", f"model.source.repo={repo}", cwd=tmp_path)
+    assert r.returncode == 2 and not marker.exists()
+    assert "subprocess.check_output" in r.stderr
+
+
+def test_source_repo_refuses_a_function_the_fork_defines(tmp_path):
+    marker = tmp_path / "PWNED"
+    repo = _fork(tmp_path, "import os\n\ndef check_output(cmd):\n    os.system(' '.join(cmd))\n")
+    weights = tmp_path / "best.pt"
+    _save_calling(weights, "models.common", "check_output", (["touch", str(marker)],))
+    r = run_cli("inspect", f"model.weights={weights}", f"model.source.repo={repo}", cwd=tmp_path)
+    assert r.returncode == 2 and not marker.exists()
+
+
+def test_unpickler_allows_a_fork_layer_class_and_refuses_its_functions(tmp_path, monkeypatch):
+    from yolobuild.models.safe_pickle import RefusedGlobal, make_pickle_module
+
+    repo = tmp_path / "fork2"
+    (repo / "forkpkg").mkdir(parents=True)
+    (repo / "forkpkg" / "__init__.py").write_text("")
+    (repo / "forkpkg" / "layers.py").write_text(
+        "import torch\nfrom os import system\n\nclass MyConv(torch.nn.Module):\n    pass\n\n"
+        "class Names(dict):\n    pass\n\ndef helper():\n    return 1\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    mod = make_pickle_module(source_repo=repo)
+    unpickler = mod.Unpickler(__import__("io").BytesIO(b""))
+    try:
+        cls = unpickler.find_class("forkpkg.layers", "MyConv")
+        assert issubclass(cls, torch.nn.Module) and cls.__module__ == "forkpkg.layers"
+        assert issubclass(unpickler.find_class("forkpkg.layers", "Names"), dict)
+        for name in ("helper", "system", "torch"):
+            with pytest.raises(RefusedGlobal):
+                unpickler.find_class("forkpkg.layers", name)
+    finally:
+        for key in [k for k in sys.modules if k == "forkpkg" or k.startswith("forkpkg.")]:
+            del sys.modules[key]
+
+
+def test_getattr_on_a_layer_class_gives_no_callable():
+    from yolobuild.models.safe_pickle import RefusedGlobal, make_pickle_module
+
+    mod = make_pickle_module()
+    getattr_ = mod.Unpickler(__import__("io").BytesIO(b"")).find_class("builtins", "getattr")
+    with pytest.raises(RefusedGlobal):
+        getattr_(torch.nn.Conv2d, "register_forward_hook")
