@@ -126,3 +126,70 @@ def test_getattr_on_a_layer_class_gives_no_callable():
     getattr_ = mod.Unpickler(__import__("io").BytesIO(b"")).find_class("builtins", "getattr")
     with pytest.raises(RefusedGlobal):
         getattr_(torch.nn.Conv2d, "register_forward_hook")
+
+
+# --------------------------------------------------------------------------- a cache that checks what it serves
+
+def _demo(tmp_path, *extra):
+    from .conftest import cli_in_process
+
+    return cli_in_process(f"workspace.path={tmp_path / 'ws'}", *extra)
+
+
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _manifest(tmp_path) -> dict:
+    import json
+
+    return json.loads((tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "manifest.json").read_text())
+
+
+def _object(cache: Path, sha: str) -> Path:
+    return cache / "objects" / sha[:2] / sha
+
+
+def _op(m: dict, op_id: str) -> dict:
+    return next(o for o in m["ops"] if o["id"] == op_id)
+
+
+def test_a_flipped_byte_in_a_cached_onnx_reruns_its_op_and_ships_the_right_bytes(tmp_path, isolated_cache):
+    from yolobuild.engine.cache import sha256_file
+
+    code, out, err = _demo(tmp_path)
+    assert code == 0, out + err
+    first = _manifest(tmp_path)
+    sha = _op(first, "simplify")["outputs"]["model.onnx"]["sha256"]
+    shipped = tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "model.onnx"
+    shipped.unlink()                                   # so the next build copies it from the cache again
+    _flip_one_byte(_object(isolated_cache, sha))
+
+    code, out, err = _demo(tmp_path)
+    assert code == 0, out + err
+    second = _manifest(tmp_path)
+    assert _op(second, "simplify")["status"] == "ran"  # the op that made it ran again
+    assert sha256_file(shipped) == sha == _op(second, "simplify")["outputs"]["model.onnx"]["sha256"]
+    assert sha256_file(_object(isolated_cache, sha)) == sha
+    assert any(e["object"] == sha for e in second["cache_events"])
+    assert list((isolated_cache / "quarantine").glob(f"{sha}-*"))
+    assert "failed its sha256 check" in out
+
+
+def test_a_corrupt_intermediate_is_never_consumed(tmp_path, isolated_cache):
+    code, out, err = _demo(tmp_path)
+    assert code == 0, out + err
+    first = _manifest(tmp_path)
+    sha = _op(first, "export_onnx")["outputs"]["model.onnx"]["sha256"]
+    _flip_one_byte(_object(isolated_cache, sha))
+    for op_id in ("simplify", "check_simplify"):       # its consumers must run again and read it
+        fp = _op(first, op_id)["fingerprint"]
+        (isolated_cache / "entries" / fp[:2] / f"{fp}.json").unlink()
+    code, out, err = _demo(tmp_path)
+    assert code == 0, out + err
+    second = _manifest(tmp_path)
+    assert _op(second, "export_onnx")["status"] == "ran"
+    assert _op(second, "export_onnx")["outputs"]["model.onnx"]["sha256"] == sha
+    assert _op(second, "simplify")["outputs"] == _op(first, "simplify")["outputs"]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, UserError
 from ..plan.ir import Plan
 from .cache import Cache, default_root, write_atomic
-from .runner import Execution, OpRecord, Runner, yolobuild_version
+from .runner import CorruptObject, MAX_REPAIR_ROUNDS, Execution, OpRecord, Runner, yolobuild_version
 
 
 @dataclass
@@ -64,6 +64,11 @@ def _user_edited(dest: Path, cache: Cache) -> bool:
     return h.hexdigest() != marker.read_text().strip()
 
 
+class _Corrupt(Exception):
+    def __init__(self, sha: str):
+        self.sha = sha
+
+
 def _copy_artifact(src: Path, dest: Path, sha: str, cache: Cache) -> Path:
     """Copy one cached object into the build folder unless the same bytes are already there.
 
@@ -79,6 +84,8 @@ def _copy_artifact(src: Path, dest: Path, sha: str, cache: Cache) -> Path:
             marker = dest / MARKER
         if dest.is_dir() and marker.exists() and marker.read_text().strip() == sha:
             return dest
+        if not cache.object_intact(sha):
+            raise _Corrupt(sha)
         staging = dest.with_name(f".{dest.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(src, staging)
@@ -92,6 +99,8 @@ def _copy_artifact(src: Path, dest: Path, sha: str, cache: Cache) -> Path:
         return dest
     if dest.is_file() and cache.hash_file(dest) == sha:
         return dest
+    if not cache.object_intact(sha):
+        raise _Corrupt(sha)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
@@ -104,12 +113,18 @@ def _materialize(plan: Plan, records: list[OpRecord], build_dir: Path, cache: Ca
 
     `moved` collects the outputs placed beside a folder holding the user's edits (name -> path)."""
     chosen: dict[str, str] = {}
+    made_by: dict[str, OpRecord] = {}
     for rec in records:
         for name in rec.op.final:
             if name in rec.outputs:
                 chosen[name] = rec.outputs[name]["sha256"]
+                made_by[name] = rec
     for name, sha in chosen.items():
-        where = _copy_artifact(cache.object_path(sha), build_dir / name, sha, cache)
+        try:
+            where = _copy_artifact(cache.object_path(sha), build_dir / name, sha, cache)
+        except _Corrupt:
+            rec = made_by[name]
+            raise CorruptObject(rec.op.id, rec.fingerprint or "", sha, name) from None
         if where != build_dir / name and moved is not None:
             moved[name] = where
     return chosen
@@ -172,6 +187,7 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
         "kept_edits": [f"{build_dir / name} holds your edits: it was left as it is and the new {name} "
                        f"was written beside it, to {path}" for name, path in sorted(moved.items())],
         "cache": str(cache.root),
+        "cache_events": ex.cache_events,
     }
 
 
@@ -198,7 +214,18 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
 
     with FileLock(str(build_dir / ".lock")):
         moved: dict[str, Path] = {}
-        placed = _materialize(plan, ex.records, build_dir, cache, moved) if ex.error is None else {}
+        placed = {}
+        for _ in range(MAX_REPAIR_ROUNDS):
+            if ex.error is not None:
+                break
+            try:
+                placed = _materialize(plan, ex.records, build_dir, cache, moved)
+                break
+            except CorruptObject as bad:   # a final artifact went bad in the cache: make it again
+                events = ex.cache_events + [runner.repair(bad)]
+                ex = runner.run(plan)
+                ex.cache_events = events + ex.cache_events
+                ex.error = ex.error or (bad if _ == MAX_REPAIR_ROUNDS - 1 else None)
         _copy_logs(ex.records, build_dir)
         status = "failed" if ex.error else plan.status_if_done
         manifest = make_manifest(config, plan, ex, build_dir, cache, placed, status, moved)

@@ -6,9 +6,13 @@ Layout under the cache root:
   tmp/                       where running ops write; never read as a result
   locks/<fingerprint>.lock   one runner per fingerprint at a time
   hashes/                    stat-keyed memo of external file hashes (size, mtime, inode)
+  quarantine/                objects that failed their sha256 check, moved aside (events.jsonl says when)
 
 An entry is written (temp + rename) only after all its objects are in place, so a crash or
 Ctrl-C at any point leaves either a complete entry or none. Failures are never cached.
+An object is named by its sha256, and that name is checked again whenever the engine hands
+the object to an op or copies it into a build folder: a disk, a sync tool or a hand can change
+bytes after they were stored.
 """
 from __future__ import annotations
 
@@ -85,7 +89,7 @@ class Cache:
         return self.root / "objects" / sha[:2] / sha
 
     def ensure_writable(self) -> None:
-        for sub in ("objects", "entries", "tmp", "locks", "hashes"):
+        for sub in ("objects", "entries", "tmp", "locks", "hashes", "quarantine"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- lookups -------------------------------------------------------------------------------
@@ -99,6 +103,45 @@ class Cache:
         if not all(self.object_path(o["sha256"]).exists() for o in outputs.values()):
             return None  # an object was removed by hand: treat as a miss, the op reruns
         return Entry(fp, outputs, data)
+
+    def entry_record(self, fp: str) -> dict[str, Any] | None:
+        """The stored entry, whether or not its objects are all present (for verify and gc)."""
+        try:
+            return json.loads(self._entry_path(fp).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def entry_fingerprints(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "entries").glob("*/*.json"))
+
+    # -- integrity -----------------------------------------------------------------------------
+    def object_intact(self, sha: str) -> bool:
+        """Does the object stored under `sha` still hash to it? (read in full: no stat shortcut)."""
+        path = self.object_path(sha)
+        try:
+            if path.is_dir():
+                return sha256_tree(path) == sha
+            return path.is_file() and sha256_file(path) == sha
+        except OSError:
+            return False
+
+    def quarantine(self, sha: str, why: str) -> Path | None:
+        """Move a bad object aside (kept for a look, never served again) and log the event."""
+        src = self.object_path(sha)
+        dest = self.root / "quarantine" / f"{sha}-{time.time_ns()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            dest = None
+        with open(self.root / "quarantine" / "events.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.time(), "object": sha, "why": why,
+                                "moved_to": dest.name if dest else None}) + "\n")
+        return dest
+
+    def drop_entry(self, fp: str) -> None:
+        """Forget an op result (its object went bad): the next lookup misses and the op reruns."""
+        self._entry_path(fp).unlink(missing_ok=True)
 
     def lock(self, fp: str, timeout: float = -1):
         from filelock import FileLock
@@ -116,6 +159,8 @@ class Cache:
         else:
             sha, kind, size = sha256_file(src), "file", src.stat().st_size
         dest = self.object_path(sha)
+        if dest.exists() and not self.object_intact(sha):   # never keep bad bytes under a good name
+            self.quarantine(sha, "object already stored under this name failed its sha256 check")
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
