@@ -46,6 +46,9 @@ overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
 options:
   -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8
   -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first)
+  --allow-env            let recipe files read environment variables (${oc.env:NAME}); without it only
+                         the names listed in YOLOBUILD_ALLOW_ENV=A,B may be read. Values read from the
+                         environment are replaced by ${oc.env:NAME} in every file yolobuild writes
   -h, --help             this text
 
 exit codes: 0 built (or hand-off bundle written), 2 user error, 3 toolchain or numeric check failed,
@@ -74,17 +77,21 @@ class Output:
 
 
 class Args:
-    def __init__(self, verb: str, overrides: list[str], multirun: bool, config_dirs: list[str], help: bool):
+    def __init__(self, verb: str, overrides: list[str], multirun: bool, config_dirs: list[str], help: bool,
+                 allow_env: bool = False):
         self.verb, self.overrides, self.multirun, self.config_dirs, self.help = verb, overrides, multirun, config_dirs, help
+        self.allow_env = allow_env
 
 
 def parse_args(argv: list[str]) -> Args:
-    verb, overrides, multirun, dirs, want_help = "build", [], False, [], False
+    verb, overrides, multirun, dirs, want_help, allow_env = "build", [], False, [], False, False
     i = 0
     while i < len(argv):
         a = argv[i]
         if a in ("-h", "--help"):
             want_help = True
+        elif a == "--allow-env":
+            allow_env = True
         elif a in ("-m", "--multirun"):
             multirun = True
         elif a in ("-cd", "--config-dir") or a.startswith("--config-dir="):
@@ -96,7 +103,8 @@ def parse_args(argv: list[str]) -> Args:
                 i += 1
                 dirs.append(argv[i])
         elif a.startswith("-") and "=" not in a:
-            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--help'])}; see yolobuild --help")
+            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--allow-env', '--help'])}; "
+                            "see yolobuild --help")
         elif i == 0 and "=" not in a and not a.startswith(("~", "+")):
             if a not in VERBS:
                 raise UserError(f"{a}: unknown verb{nearest(a, VERBS)}; allowed: {', '.join(VERBS)} (command line)")
@@ -104,7 +112,7 @@ def parse_args(argv: list[str]) -> Args:
         else:
             overrides.append(a)
         i += 1
-    return Args(verb, overrides, multirun, dirs, want_help)
+    return Args(verb, overrides, multirun, dirs, want_help, allow_env)
 
 
 def _help_text(config_dirs) -> str:
@@ -130,7 +138,7 @@ def _jobs(args: Args) -> list[list[str]]:
     return expand_sweep(args.overrides)
 
 
-def _prepare(overrides, config_dirs):
+def _prepare(overrides, config_dirs, allow_env: bool = False):
     """Compose + validate (or reuse the memoised composition), then lower."""
     from . import compose_memo
     from .plan.lower import lower
@@ -142,7 +150,7 @@ def _prepare(overrides, config_dirs):
     else:
         from .compose import compose
 
-        config = validate(compose(overrides, config_dirs))
+        config = validate(compose(overrides, config_dirs, allow_env))
         compose_memo.store(overrides, key, thaw(config))
     return config, lower(config)
 
@@ -193,7 +201,7 @@ def _notes(config, plan, out) -> None:
 def _cmd_plan(config, plan, out) -> int:
     import json
 
-    from .engine.build import _previous_keys, build_dir_for, cache_for
+    from .engine.build import _previous_keys, build_dir_for, cache_for, plan_json
     from .engine.cache import write_atomic
     from .engine.runner import Runner
 
@@ -212,7 +220,7 @@ def _cmd_plan(config, plan, out) -> int:
     fps = {rec.op.id: rec.fingerprint for rec in records}
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(build_dir / "plan.json", plan.to_json(fps))
+        write_atomic(build_dir / "plan.json", plan_json(plan, fps, build_dir))
     except OSError as exc:
         raise UserError(f"workspace.path: cannot write {build_dir} ({exc.strerror})") from None
     out.say(f"wrote {build_dir / 'plan.json'}")
@@ -246,7 +254,7 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
     m = result.manifest
     m["_dir"] = str(result.build_dir)
     for kept in m.get("kept_edits") or []:
-        out.say(f"note: {kept}")
+        out.say(f"note: {result.build_dir}/{kept}")
     return result.exit_code, m
 
 
@@ -347,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         if label:
             out.say(f"job: {label}")
         try:
-            config, plan = _prepare(overrides, args.config_dirs)
+            config, plan = _prepare(overrides, args.config_dirs, args.allow_env)
             if args.verb == "validate":
                 code = _cmd_validate(config, plan, out)
             elif args.verb == "plan":
@@ -371,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         _summary(rows, out)
         for m in rows:  # a hand-off build ends saying what to run next, and where
-            if m.get("status") == "handoff" and m.get("next"):
-                out.say(f"next: {m['next']}")
+            from .engine.build import next_step
+
+            step = next_step(m, Path(m["_dir"]))
+            if m.get("status") == "handoff" and step:
+                out.say(f"next: {step}")
     return worst
 
 

@@ -163,7 +163,48 @@ def _known_keys(config_dirs) -> list[str]:
     return list(flatten(cfg))
 
 
-def compose(overrides=(), config_dirs=()) -> Composed:
+ALLOW_ENV_VARIABLE = "YOLOBUILD_ALLOW_ENV"
+
+
+def _env_allowed(name: str, allow_env: bool) -> bool:
+    import os
+
+    listed = [n.strip() for n in os.environ.get(ALLOW_ENV_VARIABLE, "").split(",") if n.strip()]
+    return allow_env or name in listed
+
+
+def _check_env_reads(raw: dict, overrides, config_dirs, allow_env: bool) -> dict[str, list[str]]:
+    """Keys whose value reads an environment variable -> the variable names.
+
+    A recipe file may come from someone else's repository: reading the environment from one needs
+    --allow-env (or the variable listed in YOLOBUILD_ALLOW_ENV). The user's own command line may."""
+    from .redaction import ENV_INTERPOLATION
+
+    reads = {key: ENV_INTERPOLATION.findall(value) for key, value in flatten(raw).items()
+             if isinstance(value, str) and ENV_INTERPOLATION.search(value)}
+    reads.update({f"{key}[]": ENV_INTERPOLATION.findall(str(value)) for key, value in flatten(raw).items()
+                  if isinstance(value, list) and ENV_INTERPOLATION.search(str(value))})
+    typed = {ov.key_or_group.lstrip("+~") for ov in parse_overrides(overrides) if "oc.env" in ov.input_line}
+    refused = [(key, name) for key, names in reads.items() for name in names
+               if key.rstrip("[]") not in typed and not _env_allowed(name, allow_env)]
+    if refused:
+        sources, _ = provenance(overrides, config_dirs)
+        lines = [f"{key.rstrip('[]')}: reads the environment variable {name} (${{oc.env:{name}}}); a recipe file "
+                 f"may read the environment only with --allow-env, or with {name} listed in "
+                 f"{ALLOW_ENV_VARIABLE} ({source_of(key.rstrip('[]'), sources)})" for key, name in refused]
+        raise UserError(lines[0], lines)
+    return reads
+
+
+def _remember_env_values(resolved: dict, reads: dict[str, list[str]]) -> None:
+    from .redaction import remember
+
+    values = flatten(resolved)
+    for key, names in reads.items():
+        remember(values.get(key.rstrip("[]")), names[0])
+
+
+def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
     """Compose the config for one job. Raises UserError with one line per problem."""
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
     from omegaconf import OmegaConf
@@ -185,10 +226,12 @@ def compose(overrides=(), config_dirs=()) -> Composed:
         raise UserError(f"command line: {str(exc).strip().splitlines()[0]}") from None
     choices = {g: str(known_choices.get(g)) for g in GROUPS}
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    reads = _check_env_reads(OmegaConf.to_container(plain, resolve=False), overrides, config_dirs, allow_env)
     try:
         resolved, unresolved = OmegaConf.to_container(plain, resolve=True, throw_on_missing=False), ()
     except OmegaConfBaseException:
         resolved, unresolved = _resolve_leniently(plain)
+    _remember_env_values(resolved, reads)
     return Composed(config=resolved, overrides=tuple(overrides),
                     config_dirs=tuple(Path(d).resolve() for d in config_dirs), choices=choices,
                     unresolved=unresolved)
