@@ -176,7 +176,7 @@ def _import_path(path: Path, name: str):
     return mod
 
 
-def test_mlu220_pth_loads_into_the_bundled_model_definition_and_matches(mlu220):
+def test_mlu220_pth_loads_into_the_bundled_model_definition_and_matches(root, mlu220):
     import torch
 
     from yolobuild.ops.model import load_patched

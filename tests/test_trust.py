@@ -193,3 +193,55 @@ def test_a_corrupt_intermediate_is_never_consumed(tmp_path, isolated_cache):
     assert _op(second, "export_onnx")["status"] == "ran"
     assert _op(second, "export_onnx")["outputs"]["model.onnx"]["sha256"] == sha
     assert _op(second, "simplify")["outputs"] == _op(first, "simplify")["outputs"]
+
+
+# --------------------------------------------------------------------------- no environment value in any file
+
+def _recipe_reading_env(tmp_path: Path) -> Path:
+    user = tmp_path / "conf"
+    (user / "recipe").mkdir(parents=True)
+    (user / "recipe" / "envdemo.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - demo\n  - _self_\nrecipe: envdemo\n"
+        "model:\n  weights: ${oc.env:DEMO_WEIGHTS_SECRET}\n")
+    return user
+
+
+def test_a_recipe_reading_the_environment_needs_allow_env(tmp_path, monkeypatch):
+    from yolobuild.validate import ASSETS_DIR
+    from .conftest import cli_in_process
+
+    user = _recipe_reading_env(tmp_path)
+    secret_dir = tmp_path / "s3cr3t-t0ken-value"
+    secret_dir.mkdir()
+    weights = secret_dir / "demo.pt"
+    weights.write_bytes((ASSETS_DIR / "demo-yolov5n-shapes.pt").read_bytes())
+    monkeypatch.setenv("DEMO_WEIGHTS_SECRET", str(weights))
+    args = ("--config-dir", str(user), "recipe=envdemo", f"workspace.path={tmp_path / 'ws'}")
+    code, out, err = cli_in_process("validate", *args)
+    lines = [line for line in err.splitlines() if line]
+    assert code == 2 and len(lines) == 1, out + err
+    assert "model.weights" in lines[0] and "DEMO_WEIGHTS_SECRET" in lines[0] and "--allow-env" in lines[0]
+    assert "envdemo.yaml" in lines[0]
+
+    monkeypatch.setenv("YOLOBUILD_ALLOW_ENV", "DEMO_WEIGHTS_SECRET")   # the allow-list also lets it through
+    assert cli_in_process("validate", *args)[0] == 0
+    monkeypatch.delenv("YOLOBUILD_ALLOW_ENV")
+
+    code, out, err = cli_in_process("--allow-env", *args)
+    assert code == 0, out + err
+    leaked = [p for root in (tmp_path / "ws", tmp_path / "cache") for p in root.rglob("*")
+              if p.is_file() and b"s3cr3t-t0ken-value" in p.read_bytes()]
+    assert not leaked, leaked
+    manifest = (tmp_path / "ws" / "envdemo_onnxruntime_fp32_320x320" / "manifest.json").read_text()
+    assert "${oc.env:DEMO_WEIGHTS_SECRET}" in manifest
+
+
+def test_written_files_are_readable_by_the_group(tmp_path):
+    import stat
+    from .conftest import cli_in_process
+
+    code, out, err = cli_in_process("validate", f"workspace.path={tmp_path / 'ws'}")
+    code, out, err = cli_in_process("plan", f"workspace.path={tmp_path / 'ws'}")
+    assert code == 0, out + err
+    mode = stat.S_IMODE((tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "plan.json").stat().st_mode)
+    assert mode & 0o044 == 0o044, oct(mode)

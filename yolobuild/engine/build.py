@@ -348,9 +348,12 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
 
 def plan_json(plan: Plan, fingerprints: dict, build_dir: Path) -> str:
     """plan.json with the paths of user files relative to the build folder (no machine paths)."""
+    from ..redaction import scrub
+
     data = plan.to_dict(fingerprints)
     for op in data["ops"]:
         for ref in op["inputs"].values():
-            if ref.get("path"):
-                ref["path"] = os.path.relpath(ref["path"], build_dir)
+            if ref.get("path"):   # a path read from the environment stays its ${oc.env:NAME}
+                hidden = scrub(ref["path"])
+                ref["path"] = hidden if hidden != ref["path"] else os.path.relpath(ref["path"], build_dir)
     return json.dumps(data, indent=2)
