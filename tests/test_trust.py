@@ -245,3 +245,52 @@ def test_written_files_are_readable_by_the_group(tmp_path):
     assert code == 0, out + err
     mode = stat.S_IMODE((tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "plan.json").stat().st_mode)
     assert mode & 0o044 == 0o044, oct(mode)
+
+
+# --------------------------------------------------------------------------- malformed YAML, a full disk
+
+@pytest.mark.parametrize("name, text, expect", [
+    ("syntax", "# @package _global_\nrecipe: syntax\nmodel: {family: yolov5\n", "syntax.yaml:4:1: invalid YAML"),
+    ("tab", "# @package _global_\nrecipe: tab\nmodel:\n\tfamily: yolov5\n", "tabs"),
+    ("alist", "- recipe: alist\n- model: {}\n", "must hold a mapping"),
+    ("binary", None, "not a text file"),
+])
+def test_malformed_yaml_in_a_config_folder_is_one_line(tmp_path, name, text, expect):
+    user = tmp_path / "conf" / "recipe"
+    user.mkdir(parents=True)
+    path = user / f"{name}.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage" if text is None else text.encode())
+    r = run_cli("validate", "--config-dir", str(tmp_path / "conf"), f"recipe={name}", cwd=tmp_path)
+    lines = [line for line in r.stderr.splitlines() if line]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert expect in lines[0] and "Traceback" not in r.stderr
+
+
+def _small_disk(path: Path, size: str) -> Path | None:
+    """A tmpfs of `size` at path, or None where this machine does not let the tests mount one."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return path if r.returncode == 0 else None
+
+
+@pytest.mark.parametrize("where", ["workspace", "cache"])
+def test_a_full_disk_is_one_line_exit_4_and_leaves_no_partial_file(tmp_path, where):
+    import subprocess
+
+    disk = _small_disk(tmp_path / "small", "3m")
+    if disk is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        ws = disk / "ws" if where == "workspace" else tmp_path / "ws"
+        cache = disk / "cache" if where == "cache" else tmp_path / "cache"
+        r = run_cli(f"workspace.path={ws}", f"cache.dir={cache}", cwd=tmp_path)
+        lines = [line for line in r.stderr.splitlines() if line]
+        assert r.returncode == 4 and len(lines) == 1, r.stdout + r.stderr
+        assert "no space left" in lines[0] and "Traceback" not in r.stderr
+        leftovers = [p for p in ws.rglob("*")] if ws.exists() else []
+        assert not [p for p in leftovers if p.name.endswith(".tmp") or ".building-" in p.name], leftovers
+        assert not list((cache / "tmp").glob("*")) if (cache / "tmp").exists() else True
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

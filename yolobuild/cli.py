@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, nearest
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, machine_error, nearest
 
 VERBS = ("build", "validate", "plan", "toolchain", "inspect")
 
@@ -51,7 +51,8 @@ options:
                          environment are replaced by ${oc.env:NAME} in every file yolobuild writes
   -h, --help             this text
 
-exit codes: 0 built (or hand-off bundle written), 2 user error, 3 toolchain or numeric check failed,
+exit codes: 0 built (or hand-off bundle written), 2 user error (recipe, override, input file),
+            3 toolchain or numeric check failed, 4 the machine is in the way (disk full, no permission),
             130 interrupted.
 """
 
@@ -368,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             _print_errors(err, f"[{label}] " if label else "")
             code = EXIT_USER
         except YolobuildError as err:
+            print(f"error: {err}", file=sys.stderr)
+            code = err.exit_code
+        except OSError as exc:   # the machine in the way (disk full, permissions): one line, exit 4
+            err = machine_error(exc, "writing the build")
+            if err is None:
+                raise
             print(f"error: {err}", file=sys.stderr)
             code = err.exit_code
         except KeyboardInterrupt:

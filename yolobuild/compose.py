@@ -163,6 +163,42 @@ def _known_keys(config_dirs) -> list[str]:
     return list(flatten(cfg))
 
 
+def _yaml_problem(path: Path) -> str | None:
+    """One line on what is wrong with a config file's YAML, or None when it is a mapping (or empty)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return f"{path}: not a text file (UTF-8); a config file is YAML text"
+    except OSError as exc:
+        return f"{path}: cannot read it ({exc.strerror})"
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        hint = "; indent with spaces, YAML does not allow tabs" if "'\\t'" in problem or "\t" in problem else ""
+        return f"{where}: invalid YAML: {problem}{hint}"
+    except yaml.YAMLError as exc:
+        return f"{path}: invalid YAML: {' '.join(str(exc).split())[:160]}"
+    if data is not None and not isinstance(data, dict):
+        return (f"{path}: the file holds a {type(data).__name__}, a config file must hold a mapping "
+                "(key: value lines)")
+    return None
+
+
+def check_yaml_files(config_dirs) -> None:
+    """The user's config folders parse as YAML mappings: a broken file is named with its line, not a traceback."""
+    lines = []
+    for d in config_dirs:
+        for path in sorted(Path(d).rglob("*.yaml")) + sorted(Path(d).rglob("*.yml")):
+            problem = _yaml_problem(path)
+            if problem:
+                lines.append(problem)
+    if lines:
+        raise UserError(lines[0], lines)
+
+
 ALLOW_ENV_VARIABLE = "YOLOBUILD_ALLOW_ENV"
 
 
@@ -213,6 +249,7 @@ def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
     for d in config_dirs:
         if not Path(d).is_dir():
             raise UserError(f"--config-dir: {d} is not a folder (command line)")
+    check_yaml_files(config_dirs)
     overrides = [_alias(o) for o in overrides]
     _check_group_choices(overrides, config_dirs)
     loader = _loader(config_dirs)

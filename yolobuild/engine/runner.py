@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ToolchainError, UserError, YolobuildError
+from ..errors import ToolchainError, UserError, YolobuildError, machine_error
 from ..plan.ir import Op, Plan, Ref
 from ..toolchains.envs import ENVS
 from .cache import Cache, Entry, sha256_tree
@@ -435,6 +435,9 @@ class Runner:
                 raise
             except (KeyboardInterrupt, MemoryError):
                 raise
+            except OSError as exc:
+                raise machine_error(exc, f"while {op.id} ran") or ToolchainError(
+                    f"{op.id}: {type(exc).__name__}: {exc}") from exc
             except Exception as exc:  # a crash inside an op or a tool: exit 3, with what crashed
                 rec.results = ctx.results
                 raise ToolchainError(f"{op.id}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
