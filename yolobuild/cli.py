@@ -11,12 +11,13 @@ from pathlib import Path
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, machine_error, nearest
 
-VERBS = ("build", "validate", "plan", "toolchain", "inspect")
+VERBS = ("build", "validate", "plan", "toolchain", "inspect", "cache")
 
 HELP = """\
 usage: yolobuild [build|validate|plan] [KEY=VALUE ...] [--multirun] [--config-dir DIR]
        yolobuild toolchain list | install NAME [--force]
        yolobuild inspect model.weights=PATH [model.trust_checkpoint=true] [model.source.repo=DIR]
+       yolobuild cache verify [--repair] [cache.dir=DIR] | gc [cache.max_size=SIZE] [cache.dir=DIR]
 
 Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
 it through a content-addressed cache. With no arguments: the embedded demo (a YOLOv5n
@@ -28,6 +29,10 @@ verbs:
   plan       print the ops, their fingerprints and cache state; write plan.json
   toolchain  list the isolated toolchain environments, or install one (e.g. `toolchain install rknn`);
              builds install what they need on first use (YOLOBUILD_NO_INSTALL=1 turns that off)
+  cache      verify: read every cached object and check it against its sha256 (--repair quarantines
+             bad ones, so the ops that made them run again; exit 3 when it finds a problem);
+             gc: remove what no build reads again (killed builds' folders, unnamed objects, quarantine)
+             and, with cache.max_size=20GB, the least recently used entries over that budget
   inspect    what a checkpoint holds: family, classes, strides, anchors, input size (imports torch;
              full pickles go through the restricted unpickler, no code from the file runs)
 
@@ -320,8 +325,52 @@ def _cmd_inspect(argv: list[str], out) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(argv: list[str], out) -> int:
+    """`yolobuild cache verify [--repair]` | `yolobuild cache gc [cache.max_size=SIZE]`, [cache.dir=DIR]."""
+    from .engine.cache import Cache, default_root
+    from .engine import upkeep
+
+    if not argv or argv[0] not in ("verify", "gc"):
+        raise UserError("cache: say `yolobuild cache verify [--repair]` or `yolobuild cache gc "
+                        "[cache.max_size=SIZE]` (command line)")
+    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    flags = [a for a in argv[1:] if "=" not in a]
+    allowed_keys = {"verify": {"cache.dir"}, "gc": {"cache.dir", "cache.max_size"}}[argv[0]]
+    allowed_flags = {"verify": {"--repair"}, "gc": set()}[argv[0]]
+    unknown = sorted(set(kv) - allowed_keys) + sorted(set(flags) - allowed_flags)
+    if unknown:
+        raise UserError(f"cache {argv[0]}: {unknown[0]} is not an option of it{nearest(unknown[0], allowed_keys | allowed_flags)}; "
+                        f"allowed: {', '.join(sorted(allowed_keys | allowed_flags))} (command line)")
+    cache = Cache(default_root(kv.get("cache.dir")))
+    if argv[0] == "verify":
+        r = upkeep.verify(cache, repair="--repair" in flags)
+        out.say(f"cache {cache.root}: {r.entries} entries, {r.objects} objects checked")
+        for sha in r.bad:
+            out.say(f"  bad object {sha} (its bytes no longer hash to its name)")
+        for sha in r.missing:
+            out.say(f"  missing object {sha}")
+        for fp in r.unreadable:
+            out.say(f"  unreadable entry {fp}")
+        if r.dropped:
+            out.say(f"  repaired: {len(r.dropped)} entries dropped (their ops run again next build); bad objects quarantined")
+        out.say("clean" if r.clean else ("problems found and repaired" if r.dropped else
+                                          "problems found: run `yolobuild cache verify --repair`"))
+        return EXIT_OK if r.clean or r.dropped else 3
+    r = upkeep.gc(cache, upkeep.parse_size(kv.get("cache.max_size")))
+    out.say(f"cache {cache.root}: removed {r.tmp_removed} abandoned op folders, {r.objects_removed} unnamed objects, "
+            f"{r.quarantine_removed} quarantined, evicted {r.entries_evicted} entries; freed "
+            f"{r.bytes_freed / 1e6:.1f} MB, {r.size_after / 1e6:.1f} MB in objects now")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "cache":
+        try:
+            return _cmd_cache(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
     if argv and argv[0] == "inspect":
         try:
             return _cmd_inspect(argv[1:], Output())

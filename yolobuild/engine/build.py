@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from ..errors import EXIT_INTERRUPTED, EXIT_OK, UserError
 from ..plan.ir import Plan
-from .cache import Cache, default_root, write_atomic
+from .cache import Cache, pid_alive, default_root, write_atomic
 from .runner import CorruptObject, MAX_REPAIR_ROUNDS, Execution, OpRecord, Runner, yolobuild_version
 
 
@@ -277,18 +277,8 @@ def clean_abandoned_staging(build_dir: Path) -> None:
     """Staging folders of builds that were killed (their process is gone) are removed."""
     for path in build_dir.parent.glob(f".{build_dir.name}*-*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if (STAGING in path.name or ".old-" in path.name) and pid.isdigit() and not _alive(int(pid)):
+        if (STAGING in path.name or ".old-" in path.name) and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None) -> BuildResult:
@@ -300,6 +290,8 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
         cache.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cache.dir: {cache.root} is not writable ({exc.strerror}) (YOLOBUILD_CACHE / cache.dir)") from None
+    if (cache.root / "tmp").is_dir():
+        cache.clean_abandoned_tmp()   # what a killed build left
     runner = Runner(cache, _previous_keys(build_dir), on_op)
     ex = runner.run(plan)
     if ex.interrupted:
@@ -342,6 +334,11 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    budget = config["cache"].get("max_size")
+    if budget is not None:   # keep the cache within its size budget (what this build used was just touched)
+        from .upkeep import gc, parse_size
+
+        gc(cache, parse_size(budget))
     code = ex.error.exit_code if ex.error else EXIT_OK
     return BuildResult(plan, build_dir, manifest, code, str(ex.error) if ex.error else "")
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,7 +62,18 @@ def _umask() -> int:
     return mask
 
 
-_UMASK = _umask()   # read once: os.umask sets while it reads, and ops write files from threads
+_UMASK = _umask()
+_HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True   # read once: os.umask sets while it reads, and ops write files from threads
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -99,8 +111,10 @@ class Cache:
         self.root = Path(root).expanduser().absolute()   # symlinks to objects must not be relative
 
     # -- paths ---------------------------------------------------------------------------------
-    def _entry_path(self, fp: str) -> Path:
+    def entry_path(self, fp: str) -> Path:
         return self.root / "entries" / fp[:2] / f"{fp}.json"
+
+    _entry_path = entry_path
 
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
@@ -119,6 +133,10 @@ class Cache:
         outputs = data.get("outputs", {})
         if not all(self.object_path(o["sha256"]).exists() for o in outputs.values()):
             return None  # an object was removed by hand: treat as a miss, the op reruns
+        try:
+            os.utime(path)   # last use, for `cache gc`'s size budget (a read-only shared cache skips it)
+        except OSError:
+            pass
         return Entry(fp, outputs, data)
 
     def entry_record(self, fp: str) -> dict[str, Any] | None:
@@ -166,7 +184,18 @@ class Cache:
         return FileLock(str(self.root / "locks" / f"{fp}.lock"), timeout=timeout)
 
     def new_tmp(self, fp: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"{fp[:16]}-", dir=self.root / "tmp"))
+        """A folder for one op run, named by host and pid so a later build can tell an abandoned one."""
+        return Path(tempfile.mkdtemp(prefix=f"{fp[:16]}.{_HOST}.{os.getpid()}.", dir=self.root / "tmp"))
+
+    def clean_abandoned_tmp(self) -> list[Path]:
+        """Remove op folders left by builds on this host that were killed (their process is gone)."""
+        removed = []
+        for path in (self.root / "tmp").glob(f"*.{_HOST}.*.*"):
+            pid = path.name.split(".")[-2]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     # -- stores --------------------------------------------------------------------------------
     def _put_object(self, src: Path) -> dict[str, Any]:
