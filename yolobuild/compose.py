@@ -155,6 +155,36 @@ def _explain_composition_error(exc, overrides, config_dirs) -> UserError:
     return UserError(f"command line: {msg}")
 
 
+def _all_composition_errors(exc, overrides, config_dirs, limit: int = 8) -> UserError:
+    """Hydra stops at the first bad override: drop it and compose again, so independent mistakes are all
+    reported in one run (only on the error path, where a few more compositions cost nothing)."""
+    first = _explain_composition_error(exc, overrides, config_dirs)
+    lines, remaining = list(first.lines), list(overrides)
+    for _ in range(limit):
+        culprit = next((o for o in remaining if o.lstrip("+~").split("=", 1)[0] == first.lines[0].split(":")[0]),
+                       None)
+        if culprit is None:
+            break
+        remaining.remove(culprit)
+        try:
+            validate_later = compose(remaining, config_dirs, allow_env=True)
+        except UserError as more:
+            new = [line for line in more.lines if line not in lines]
+            if not new:
+                break
+            lines += new
+            first = more
+            continue
+        from .validate import validate
+
+        try:
+            validate(validate_later)
+        except UserError as more:
+            lines += [line for line in more.lines if line not in lines]
+        break
+    return UserError(lines[0], lines)
+
+
 def _known_keys(config_dirs) -> list[str]:
     try:
         cfg = compose([], config_dirs).config
@@ -258,7 +288,7 @@ def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
     except MissingConfigException as exc:
         raise UserError(f"config: {str(exc).strip().splitlines()[0]}") from None
     except (ConfigCompositionException, OmegaConfBaseException) as exc:
-        raise _explain_composition_error(exc, overrides, config_dirs) from None
+        raise _all_composition_errors(exc, overrides, config_dirs) from None
     except HydraException as exc:
         raise UserError(f"command line: {str(exc).strip().splitlines()[0]}") from None
     choices = {g: str(known_choices.get(g)) for g in GROUPS}
