@@ -294,3 +294,55 @@ def test_a_full_disk_is_one_line_exit_4_and_leaves_no_partial_file(tmp_path, whe
         assert not list((cache / "tmp").glob("*")) if (cache / "tmp").exists() else True
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# --------------------------------------------------------------------------- a corpus of malicious pickles
+
+class _Reduce:
+    def __init__(self, func, args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+    def __call__(self, *args):   # so a pickled call's result can itself be called (a two-step gadget)
+        raise AssertionError("never called while saving")
+
+
+def _corpus(marker: Path) -> dict[str, object]:
+    import builtins
+    import functools
+    import operator
+    import os as os_module
+    import subprocess as sp
+
+    touch = f"touch {marker}"
+    return {
+        "os.system": _Reduce(os_module.system, (touch,)),
+        "builtins.eval": _Reduce(builtins.eval, (f"__import__('os').system({touch!r})",)),
+        "builtins.exec": _Reduce(builtins.exec, (f"import os; os.system({touch!r})",)),
+        "subprocess.Popen": _Reduce(sp.Popen, (["touch", str(marker)],)),
+        "builtins.__import__": _Reduce(builtins.__import__, ("os",)),
+        "functools.partial": _Reduce(functools.partial, (os_module.system, touch)),
+        "operator.attrgetter": _Reduce(operator.attrgetter, ("system",)),
+        "getattr gadget": _Reduce(_Reduce(getattr, (_Reduce(builtins.__import__, ("os",)), "system")), (touch,)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_corpus(Path("/nonexistent"))))
+def test_malicious_pickle_corpus_is_refused(tmp_path, name):
+    import pickle
+
+    from yolobuild.models.safe_pickle import make_pickle_module
+
+    marker = tmp_path / "PWNED"
+    payload = _corpus(marker)[name]
+    for protocol in (2, 4):
+        data = pickle.dumps({"model": payload, "epoch": 1}, protocol=protocol)
+        for module in (make_pickle_module(), make_pickle_module(source_repo=_fork(tmp_path / f"p{protocol}", ""))):
+            with pytest.raises(pickle.UnpicklingError):
+                module.loads(data)
+    torch.save({"model": payload, "epoch": 1}, tmp_path / "evil.pt")
+    r = run_cli("inspect", f"model.weights={tmp_path / 'evil.pt'}", cwd=tmp_path)
+    assert r.returncode == 2 and "refused" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not marker.exists()
