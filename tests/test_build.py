@@ -43,11 +43,13 @@ def test_demo_builds_with_parity_and_accuracy(demo):
     assert {"torch", "onnx", "onnxruntime", "yolobuild"} <= set(m["tools"])
     for op in m["ops"]:
         assert op["status"] == "ran" and op["reason"] == "no cache entry"
+    build = root / "ws" / "demo_onnxruntime_fp32_320x320"
+    for op in m["ops"]:
         for out in op["outputs"].values():
-            p = Path(out["path"])
+            assert not Path(out["path"]).is_absolute(), out          # no machine paths in the manifest
+            p = (build if out["in"] == "build" else root / "cache") / out["path"]
             assert (p.is_dir() or sha256_file(p) == out["sha256"]), out
     assert "yolobuild summary" in r.stdout
-    build = root / "ws" / "demo_onnxruntime_fp32_320x320"
     for name in ("model.onnx", "model.ort.onnx", "deploy", "plan.json", "report.md", "parity.json", "metrics.json"):
         assert (build / name).exists(), name
 

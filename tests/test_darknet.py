@@ -280,7 +280,7 @@ def test_mlu270_int8_bundle_loads_and_runs_against_fake_torch_mlu(tiny, tmp_path
     sd = torch.load(b / "model.pth", weights_only=True)
     assert "module_list.0.bn.running_mean" in sd and "detect.m.1.weight" in sd    # unfused, our key layout
     mlu = _import_path(b / "yolov3_mlu.py", "yolov3_mlu_test").build_model(str(b / "model.pth"))
-    patched = {o["id"]: o for o in manifest(d)["ops"]}["patch"]["outputs"]["patched.pt"]["path"]
+    patched = tmp_path / "cache" / {o["id"]: o for o in manifest(d)["ops"]}["patch"]["outputs"]["patched.pt"]["path"]
     ref = load_patched(patched)
     x = torch.from_numpy(demo_images(tmp_path, 1, 160, 160))
     with torch.no_grad():

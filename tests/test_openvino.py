@@ -206,12 +206,18 @@ def test_demo_int8_keeps_map_within_half_a_point(demo):
     assert m["metrics"]["delta_mAP50_95"] >= -0.5, m["metrics"]
 
 
-@pytest.mark.xfail(strict=True, reason="the package op is handed only the first compiled file (model.xml): "
-                                       "deploy/ lacks model.bin until it gets every compiled file as an input")
 def test_the_deploy_folder_holds_the_whole_ir(demo):
+    import json
+
+    from yolobuild.engine.cache import sha256_file
+
     _build(demo, "fp32")   # cached when the fp32 test ran
-    folder = demo[0] / "ws" / "demo_openvino_fp32_320x320" / "deploy"
+    build = demo[0] / "ws" / "demo_openvino_fp32_320x320"
+    folder = build / "deploy"
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
+    for name in ("model.xml", "model.bin"):   # the very files the build checked
+        assert sha256_file(folder / name) == sha256_file(build / name)
+    assert set(json.loads((folder / "deploy.json").read_text())["model"]["files"]) == {"model.xml", "model.bin"}
 
 
 def test_an_unknown_option_exits_2_at_validate_naming_the_key(demo):

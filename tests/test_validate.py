@@ -253,10 +253,25 @@ def test_int8_shared_scale_head_is_linted_with_the_fix():
 def test_memoised_composition_still_checks_files_each_time(tmp_path):
     """A memo hit skips Hydra, never the checks that read the disk."""
     weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
+    weights.write_bytes(b"PK\x03\x04 a checkpoint by its first bytes")
     args = ("validate", "recipe=yolov5s", f"model.weights={weights}")
     assert run_cli(*args, cwd=tmp_path).returncode == 0
     assert run_cli(*args, cwd=tmp_path).returncode == 0  # memo hit
     weights.unlink()
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_a_text_file_as_weights_is_refused_at_validate(tmp_path):
+    weights = tmp_path / "best.pt"
+    weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")   # an LFS pointer
+    r = run_cli("validate", "recipe=yolov5s", f"model.weights={weights}", cwd=tmp_path)
+    assert r.returncode == 2 and "is a text file" in r.stderr and "git-lfs" in r.stderr
+
+
+def test_independent_mistakes_are_all_reported(tmp_path):
+    r = run_cli("validate", "input.widht=320", "modle.nc=3", "input.height=abc", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 3, r.stderr
+    assert lines[0].startswith("error: input.widht") and lines[1].startswith("error: modle.nc")
+    assert lines[2].startswith("error: input.height")

@@ -9,14 +9,15 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, nearest
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, machine_error, nearest
 
-VERBS = ("build", "validate", "plan", "toolchain", "inspect")
+VERBS = ("build", "validate", "plan", "toolchain", "inspect", "cache")
 
 HELP = """\
 usage: yolobuild [build|validate|plan] [KEY=VALUE ...] [--multirun] [--config-dir DIR]
        yolobuild toolchain list | install NAME [--force]
        yolobuild inspect model.weights=PATH [model.trust_checkpoint=true] [model.source.repo=DIR]
+       yolobuild cache verify [--repair] [cache.dir=DIR] | gc [cache.max_size=SIZE] [cache.dir=DIR]
 
 Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
 it through a content-addressed cache. With no arguments: the embedded demo (a YOLOv5n
@@ -28,6 +29,10 @@ verbs:
   plan       print the ops, their fingerprints and cache state; write plan.json
   toolchain  list the isolated toolchain environments, or install one (e.g. `toolchain install rknn`);
              builds install what they need on first use (YOLOBUILD_NO_INSTALL=1 turns that off)
+  cache      verify: read every cached object and check it against its sha256 (--repair quarantines
+             bad ones, so the ops that made them run again; exit 3 when it finds a problem);
+             gc: remove what no build reads again (killed builds' folders, unnamed objects, quarantine)
+             and, with cache.max_size=20GB, the least recently used entries over that budget
   inspect    what a checkpoint holds: family, classes, strides, anchors, input size (imports torch;
              full pickles go through the restricted unpickler, no code from the file runs)
 
@@ -46,9 +51,13 @@ overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
 options:
   -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8
   -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first)
+  --allow-env            let recipe files read environment variables (${oc.env:NAME}); without it only
+                         the names listed in YOLOBUILD_ALLOW_ENV=A,B may be read. Values read from the
+                         environment are replaced by ${oc.env:NAME} in every file yolobuild writes
   -h, --help             this text
 
-exit codes: 0 built (or hand-off bundle written), 2 user error, 3 toolchain or numeric check failed,
+exit codes: 0 built (or hand-off bundle written), 2 user error (recipe, override, input file),
+            3 toolchain or numeric check failed, 4 the machine is in the way (disk full, no permission),
             130 interrupted.
 """
 
@@ -74,17 +83,21 @@ class Output:
 
 
 class Args:
-    def __init__(self, verb: str, overrides: list[str], multirun: bool, config_dirs: list[str], help: bool):
+    def __init__(self, verb: str, overrides: list[str], multirun: bool, config_dirs: list[str], help: bool,
+                 allow_env: bool = False):
         self.verb, self.overrides, self.multirun, self.config_dirs, self.help = verb, overrides, multirun, config_dirs, help
+        self.allow_env = allow_env
 
 
 def parse_args(argv: list[str]) -> Args:
-    verb, overrides, multirun, dirs, want_help = "build", [], False, [], False
+    verb, overrides, multirun, dirs, want_help, allow_env = "build", [], False, [], False, False
     i = 0
     while i < len(argv):
         a = argv[i]
         if a in ("-h", "--help"):
             want_help = True
+        elif a == "--allow-env":
+            allow_env = True
         elif a in ("-m", "--multirun"):
             multirun = True
         elif a in ("-cd", "--config-dir") or a.startswith("--config-dir="):
@@ -96,7 +109,8 @@ def parse_args(argv: list[str]) -> Args:
                 i += 1
                 dirs.append(argv[i])
         elif a.startswith("-") and "=" not in a:
-            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--help'])}; see yolobuild --help")
+            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--allow-env', '--help'])}; "
+                            "see yolobuild --help")
         elif i == 0 and "=" not in a and not a.startswith(("~", "+")):
             if a not in VERBS:
                 raise UserError(f"{a}: unknown verb{nearest(a, VERBS)}; allowed: {', '.join(VERBS)} (command line)")
@@ -104,7 +118,7 @@ def parse_args(argv: list[str]) -> Args:
         else:
             overrides.append(a)
         i += 1
-    return Args(verb, overrides, multirun, dirs, want_help)
+    return Args(verb, overrides, multirun, dirs, want_help, allow_env)
 
 
 def _help_text(config_dirs) -> str:
@@ -130,7 +144,7 @@ def _jobs(args: Args) -> list[list[str]]:
     return expand_sweep(args.overrides)
 
 
-def _prepare(overrides, config_dirs):
+def _prepare(overrides, config_dirs, allow_env: bool = False):
     """Compose + validate (or reuse the memoised composition), then lower."""
     from . import compose_memo
     from .plan.lower import lower
@@ -142,7 +156,7 @@ def _prepare(overrides, config_dirs):
     else:
         from .compose import compose
 
-        config = validate(compose(overrides, config_dirs))
+        config = validate(compose(overrides, config_dirs, allow_env))
         compose_memo.store(overrides, key, thaw(config))
     return config, lower(config)
 
@@ -193,7 +207,7 @@ def _notes(config, plan, out) -> None:
 def _cmd_plan(config, plan, out) -> int:
     import json
 
-    from .engine.build import _previous_keys, build_dir_for, cache_for
+    from .engine.build import _previous_keys, build_dir_for, cache_for, plan_json
     from .engine.cache import write_atomic
     from .engine.runner import Runner
 
@@ -212,7 +226,7 @@ def _cmd_plan(config, plan, out) -> int:
     fps = {rec.op.id: rec.fingerprint for rec in records}
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(build_dir / "plan.json", plan.to_json(fps))
+        write_atomic(build_dir / "plan.json", plan_json(plan, fps, build_dir))
     except OSError as exc:
         raise UserError(f"workspace.path: cannot write {build_dir} ({exc.strerror})") from None
     out.say(f"wrote {build_dir / 'plan.json'}")
@@ -246,7 +260,7 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
     m = result.manifest
     m["_dir"] = str(result.build_dir)
     for kept in m.get("kept_edits") or []:
-        out.say(f"note: {kept}")
+        out.say(f"note: {result.build_dir}/{kept}")
     return result.exit_code, m
 
 
@@ -311,8 +325,52 @@ def _cmd_inspect(argv: list[str], out) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(argv: list[str], out) -> int:
+    """`yolobuild cache verify [--repair]` | `yolobuild cache gc [cache.max_size=SIZE]`, [cache.dir=DIR]."""
+    from .engine.cache import Cache, default_root
+    from .engine import upkeep
+
+    if not argv or argv[0] not in ("verify", "gc"):
+        raise UserError("cache: say `yolobuild cache verify [--repair]` or `yolobuild cache gc "
+                        "[cache.max_size=SIZE]` (command line)")
+    kv = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+    flags = [a for a in argv[1:] if "=" not in a]
+    allowed_keys = {"verify": {"cache.dir"}, "gc": {"cache.dir", "cache.max_size"}}[argv[0]]
+    allowed_flags = {"verify": {"--repair"}, "gc": set()}[argv[0]]
+    unknown = sorted(set(kv) - allowed_keys) + sorted(set(flags) - allowed_flags)
+    if unknown:
+        raise UserError(f"cache {argv[0]}: {unknown[0]} is not an option of it{nearest(unknown[0], allowed_keys | allowed_flags)}; "
+                        f"allowed: {', '.join(sorted(allowed_keys | allowed_flags))} (command line)")
+    cache = Cache(default_root(kv.get("cache.dir")))
+    if argv[0] == "verify":
+        r = upkeep.verify(cache, repair="--repair" in flags)
+        out.say(f"cache {cache.root}: {r.entries} entries, {r.objects} objects checked")
+        for sha in r.bad:
+            out.say(f"  bad object {sha} (its bytes no longer hash to its name)")
+        for sha in r.missing:
+            out.say(f"  missing object {sha}")
+        for fp in r.unreadable:
+            out.say(f"  unreadable entry {fp}")
+        if r.dropped:
+            out.say(f"  repaired: {len(r.dropped)} entries dropped (their ops run again next build); bad objects quarantined")
+        out.say("clean" if r.clean else ("problems found and repaired" if r.dropped else
+                                          "problems found: run `yolobuild cache verify --repair`"))
+        return EXIT_OK if r.clean or r.dropped else 3
+    r = upkeep.gc(cache, upkeep.parse_size(kv.get("cache.max_size")))
+    out.say(f"cache {cache.root}: removed {r.tmp_removed} abandoned op folders, {r.objects_removed} unnamed objects, "
+            f"{r.quarantine_removed} quarantined, evicted {r.entries_evicted} entries; freed "
+            f"{r.bytes_freed / 1e6:.1f} MB, {r.size_after / 1e6:.1f} MB in objects now")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "cache":
+        try:
+            return _cmd_cache(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
     if argv and argv[0] == "inspect":
         try:
             return _cmd_inspect(argv[1:], Output())
@@ -347,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         if label:
             out.say(f"job: {label}")
         try:
-            config, plan = _prepare(overrides, args.config_dirs)
+            config, plan = _prepare(overrides, args.config_dirs, args.allow_env)
             if args.verb == "validate":
                 code = _cmd_validate(config, plan, out)
             elif args.verb == "plan":
@@ -362,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         except YolobuildError as err:
             print(f"error: {err}", file=sys.stderr)
             code = err.exit_code
+        except OSError as exc:   # the machine in the way (disk full, permissions): one line, exit 4
+            err = machine_error(exc, "writing the build")
+            if err is None:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            code = err.exit_code
         except KeyboardInterrupt:
             print("interrupted: finished ops stay cached", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -371,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         _summary(rows, out)
         for m in rows:  # a hand-off build ends saying what to run next, and where
-            if m.get("status") == "handoff" and m.get("next"):
-                out.say(f"next: {m['next']}")
+            from .engine.build import next_step
+
+            step = next_step(m, Path(m["_dir"]))
+            if m.get("status") == "handoff" and step:
+                out.say(f"next: {step}")
     return worst
 
 

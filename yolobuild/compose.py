@@ -189,6 +189,36 @@ def _explain_composition_error(exc, overrides, config_dirs) -> UserError:
     return UserError(f"command line: {msg}")
 
 
+def _all_composition_errors(exc, overrides, config_dirs, limit: int = 8) -> UserError:
+    """Hydra stops at the first bad override: drop it and compose again, so independent mistakes are all
+    reported in one run (only on the error path, where a few more compositions cost nothing)."""
+    first = _explain_composition_error(exc, overrides, config_dirs)
+    lines, remaining = list(first.lines), list(overrides)
+    for _ in range(limit):
+        culprit = next((o for o in remaining if o.lstrip("+~").split("=", 1)[0] == first.lines[0].split(":")[0]),
+                       None)
+        if culprit is None:
+            break
+        remaining.remove(culprit)
+        try:
+            validate_later = compose(remaining, config_dirs, allow_env=True)
+        except UserError as more:
+            new = [line for line in more.lines if line not in lines]
+            if not new:
+                break
+            lines += new
+            first = more
+            continue
+        from .validate import validate
+
+        try:
+            validate(validate_later)
+        except UserError as more:
+            lines += [line for line in more.lines if line not in lines]
+        break
+    return UserError(lines[0], lines)
+
+
 def _known_keys(config_dirs) -> list[str]:
     try:
         cfg = compose([], config_dirs).config
@@ -197,7 +227,84 @@ def _known_keys(config_dirs) -> list[str]:
     return list(flatten(cfg))
 
 
-def compose(overrides=(), config_dirs=()) -> Composed:
+def _yaml_problem(path: Path) -> str | None:
+    """One line on what is wrong with a config file's YAML, or None when it is a mapping (or empty)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return f"{path}: not a text file (UTF-8); a config file is YAML text"
+    except OSError as exc:
+        return f"{path}: cannot read it ({exc.strerror})"
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        hint = "; indent with spaces, YAML does not allow tabs" if "'\\t'" in problem or "\t" in problem else ""
+        return f"{where}: invalid YAML: {problem}{hint}"
+    except yaml.YAMLError as exc:
+        return f"{path}: invalid YAML: {' '.join(str(exc).split())[:160]}"
+    if data is not None and not isinstance(data, dict):
+        return (f"{path}: the file holds a {type(data).__name__}, a config file must hold a mapping "
+                "(key: value lines)")
+    return None
+
+
+def check_yaml_files(config_dirs) -> None:
+    """The user's config folders parse as YAML mappings: a broken file is named with its line, not a traceback."""
+    lines = []
+    for d in config_dirs:
+        for path in sorted(Path(d).rglob("*.yaml")) + sorted(Path(d).rglob("*.yml")):
+            problem = _yaml_problem(path)
+            if problem:
+                lines.append(problem)
+    if lines:
+        raise UserError(lines[0], lines)
+
+
+ALLOW_ENV_VARIABLE = "YOLOBUILD_ALLOW_ENV"
+
+
+def _env_allowed(name: str, allow_env: bool) -> bool:
+    import os
+
+    listed = [n.strip() for n in os.environ.get(ALLOW_ENV_VARIABLE, "").split(",") if n.strip()]
+    return allow_env or name in listed
+
+
+def _check_env_reads(raw: dict, overrides, config_dirs, allow_env: bool) -> dict[str, list[str]]:
+    """Keys whose value reads an environment variable -> the variable names.
+
+    A recipe file may come from someone else's repository: reading the environment from one needs
+    --allow-env (or the variable listed in YOLOBUILD_ALLOW_ENV). The user's own command line may."""
+    from .redaction import ENV_INTERPOLATION
+
+    reads = {key: ENV_INTERPOLATION.findall(value) for key, value in flatten(raw).items()
+             if isinstance(value, str) and ENV_INTERPOLATION.search(value)}
+    reads.update({f"{key}[]": ENV_INTERPOLATION.findall(str(value)) for key, value in flatten(raw).items()
+                  if isinstance(value, list) and ENV_INTERPOLATION.search(str(value))})
+    typed = {ov.key_or_group.lstrip("+~") for ov in parse_overrides(overrides) if "oc.env" in ov.input_line}
+    refused = [(key, name) for key, names in reads.items() for name in names
+               if key.rstrip("[]") not in typed and not _env_allowed(name, allow_env)]
+    if refused:
+        sources, _ = provenance(overrides, config_dirs)
+        lines = [f"{key.rstrip('[]')}: reads the environment variable {name} (${{oc.env:{name}}}); a recipe file "
+                 f"may read the environment only with --allow-env, or with {name} listed in "
+                 f"{ALLOW_ENV_VARIABLE} ({source_of(key.rstrip('[]'), sources)})" for key, name in refused]
+        raise UserError(lines[0], lines)
+    return reads
+
+
+def _remember_env_values(resolved: dict, reads: dict[str, list[str]]) -> None:
+    from .redaction import remember
+
+    values = flatten(resolved)
+    for key, names in reads.items():
+        remember(values.get(key.rstrip("[]")), names[0])
+
+
+def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
     """Compose the config for one job. Raises UserError with one line per problem."""
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
     from omegaconf import OmegaConf
@@ -206,6 +313,7 @@ def compose(overrides=(), config_dirs=()) -> Composed:
     for d in config_dirs:
         if not Path(d).is_dir():
             raise UserError(f"--config-dir: {d} is not a folder (command line)")
+    check_yaml_files(config_dirs)
     overrides = [_alias(o) for o in overrides]
     _check_group_choices(overrides, config_dirs)
     loader = _loader(config_dirs)
@@ -214,15 +322,17 @@ def compose(overrides=(), config_dirs=()) -> Composed:
     except MissingConfigException as exc:
         raise UserError(f"config: {str(exc).strip().splitlines()[0]}") from None
     except (ConfigCompositionException, OmegaConfBaseException) as exc:
-        raise _explain_composition_error(exc, overrides, config_dirs) from None
+        raise _all_composition_errors(exc, overrides, config_dirs) from None
     except HydraException as exc:
         raise UserError(f"command line: {str(exc).strip().splitlines()[0]}") from None
     choices = {g: str(known_choices.get(g)) for g in GROUPS}
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    reads = _check_env_reads(OmegaConf.to_container(plain, resolve=False), overrides, config_dirs, allow_env)
     try:
         resolved, unresolved = OmegaConf.to_container(plain, resolve=True, throw_on_missing=False), ()
     except OmegaConfBaseException:
         resolved, unresolved = _resolve_leniently(plain)
+    _remember_env_values(resolved, reads)
     return Composed(config=resolved, overrides=tuple(overrides),
                     config_dirs=tuple(Path(d).resolve() for d in config_dirs), choices=choices,
                     unresolved=unresolved)

@@ -1,13 +1,15 @@
 """The error kinds yolobuild reports, each with its exit code.
 
-User errors print as one line with no traceback; toolchain and numeric-check failures
-exit 3; an interrupted build exits 130.
+User errors print as one line with no traceback (exit 2); toolchain and numeric-check failures
+exit 3; the machine itself in the way (a full disk, a folder yolobuild may not write) exits 4;
+an interrupted build exits 130.
 """
 from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_USER = 2
 EXIT_TOOLCHAIN = 3
+EXIT_MACHINE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -38,6 +40,31 @@ class CheckFailed(YolobuildError):
     """A numeric check (parity, accuracy) fell below the target's threshold."""
 
     exit_code = EXIT_TOOLCHAIN
+
+
+class MachineError(YolobuildError):
+    """The machine is in the way: no space left, no permission, a read-only file system."""
+
+    exit_code = EXIT_MACHINE
+
+
+_MACHINE_ERRNOS = {"ENOSPC": "no space left on the device", "EDQUOT": "disk quota exceeded",
+                   "EACCES": "permission denied", "EPERM": "operation not permitted",
+                   "EROFS": "read-only file system", "EFBIG": "file too large for this system's limits"}
+
+
+def machine_error(exc: OSError, doing: str = "") -> MachineError | None:
+    """The one line for an OSError the machine causes (disk full, permissions), or None for other errors."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    if name not in _MACHINE_ERRNOS:
+        return None
+    where = exc.filename or ""
+    fix = ("free space there, or point workspace.path / cache.dir (YOLOBUILD_CACHE) at another disk"
+           if name in ("ENOSPC", "EDQUOT", "EFBIG") else "fix its permissions, or point workspace.path / cache.dir elsewhere")
+    return MachineError(f"{_MACHINE_ERRNOS[name]}{' ' + doing if doing else ''}"
+                        f"{': ' + str(where) if where else ''}; {fix}")
 
 
 def nearest(word: str, choices, n: int = 1) -> str:

@@ -257,6 +257,15 @@ def _rule_weights(c: dict) -> list[tuple[str, str]]:
     p = Path(w).expanduser()
     if not p.is_file():
         return [("model.weights", f"{w!r}: no such file; allowed: a checkpoint path, or random")]
+    from .runtime.sniff import not_a_checkpoint
+
+    try:
+        what = not_a_checkpoint(p)
+    except OSError as exc:
+        return [("model.weights", f"{w!r}: cannot read it ({exc.strerror})")]
+    if what:
+        return [("model.weights", f"{w!r} is {what}, not a checkpoint; allowed: a .pt/.pth checkpoint, "
+                 "Darknet .weights, or random")]
     return []
 
 

@@ -6,9 +6,13 @@ Layout under the cache root:
   tmp/                       where running ops write; never read as a result
   locks/<fingerprint>.lock   one runner per fingerprint at a time
   hashes/                    stat-keyed memo of external file hashes (size, mtime, inode)
+  quarantine/                objects that failed their sha256 check, moved aside (events.jsonl says when)
 
 An entry is written (temp + rename) only after all its objects are in place, so a crash or
 Ctrl-C at any point leaves either a complete entry or none. Failures are never cached.
+An object is named by its sha256, and that name is checked again whenever the engine hands
+the object to an op or copies it into a build folder: a disk, a sync tool or a hand can change
+bytes after they were stored.
 """
 from __future__ import annotations
 
@@ -16,22 +20,16 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..storage import default_root, write_atomic  # noqa: F401 (the engine's callers import them from here)
+
 CHUNK = 1 << 20
-
-
-def default_root(configured: str | None = None) -> Path:
-    if configured:
-        return Path(configured).expanduser()
-    env = os.environ.get("YOLOBUILD_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "yolobuild"
 
 
 def sha256_file(path: Path) -> str:
@@ -51,19 +49,17 @@ def sha256_tree(root: Path, file_hash=sha256_file) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temp file in the same folder, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+_HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+
+
+def pid_alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True   # read once: os.umask sets while it reads, and ops write files from threads
 
 
 @dataclass(frozen=True)
@@ -78,14 +74,16 @@ class Cache:
         self.root = Path(root).expanduser().absolute()   # symlinks to objects must not be relative
 
     # -- paths ---------------------------------------------------------------------------------
-    def _entry_path(self, fp: str) -> Path:
+    def entry_path(self, fp: str) -> Path:
         return self.root / "entries" / fp[:2] / f"{fp}.json"
+
+    _entry_path = entry_path
 
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
 
     def ensure_writable(self) -> None:
-        for sub in ("objects", "entries", "tmp", "locks", "hashes"):
+        for sub in ("objects", "entries", "tmp", "locks", "hashes", "quarantine"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- lookups -------------------------------------------------------------------------------
@@ -98,7 +96,50 @@ class Cache:
         outputs = data.get("outputs", {})
         if not all(self.object_path(o["sha256"]).exists() for o in outputs.values()):
             return None  # an object was removed by hand: treat as a miss, the op reruns
+        try:
+            os.utime(path)   # last use, for `cache gc`'s size budget (a read-only shared cache skips it)
+        except OSError:
+            pass
         return Entry(fp, outputs, data)
+
+    def entry_record(self, fp: str) -> dict[str, Any] | None:
+        """The stored entry, whether or not its objects are all present (for verify and gc)."""
+        try:
+            return json.loads(self._entry_path(fp).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def entry_fingerprints(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "entries").glob("*/*.json"))
+
+    # -- integrity -----------------------------------------------------------------------------
+    def object_intact(self, sha: str) -> bool:
+        """Does the object stored under `sha` still hash to it? (read in full: no stat shortcut)."""
+        path = self.object_path(sha)
+        try:
+            if path.is_dir():
+                return sha256_tree(path) == sha
+            return path.is_file() and sha256_file(path) == sha
+        except OSError:
+            return False
+
+    def quarantine(self, sha: str, why: str) -> Path | None:
+        """Move a bad object aside (kept for a look, never served again) and log the event."""
+        src = self.object_path(sha)
+        dest = self.root / "quarantine" / f"{sha}-{time.time_ns()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            dest = None
+        with open(self.root / "quarantine" / "events.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.time(), "object": sha, "why": why,
+                                "moved_to": dest.name if dest else None}) + "\n")
+        return dest
+
+    def drop_entry(self, fp: str) -> None:
+        """Forget an op result (its object went bad): the next lookup misses and the op reruns."""
+        self._entry_path(fp).unlink(missing_ok=True)
 
     def lock(self, fp: str, timeout: float = -1):
         from filelock import FileLock
@@ -106,7 +147,18 @@ class Cache:
         return FileLock(str(self.root / "locks" / f"{fp}.lock"), timeout=timeout)
 
     def new_tmp(self, fp: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=f"{fp[:16]}-", dir=self.root / "tmp"))
+        """A folder for one op run, named by host and pid so a later build can tell an abandoned one."""
+        return Path(tempfile.mkdtemp(prefix=f"{fp[:16]}.{_HOST}.{os.getpid()}.", dir=self.root / "tmp"))
+
+    def clean_abandoned_tmp(self) -> list[Path]:
+        """Remove op folders left by builds on this host that were killed (their process is gone)."""
+        removed = []
+        for path in (self.root / "tmp").glob(f"*.{_HOST}.*.*"):
+            pid = path.name.split(".")[-2]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     # -- stores --------------------------------------------------------------------------------
     def _put_object(self, src: Path) -> dict[str, Any]:
@@ -116,6 +168,8 @@ class Cache:
         else:
             sha, kind, size = sha256_file(src), "file", src.stat().st_size
         dest = self.object_path(sha)
+        if dest.exists() and not self.object_intact(sha):   # never keep bad bytes under a good name
+            self.quarantine(sha, "object already stored under this name failed its sha256 check")
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:

@@ -8,11 +8,13 @@ the process; errors come back as the same yolobuild errors.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from ..errors import ToolchainError
+from ..lifetime import die_with_parent
 from ..ops import OpContext, resolve_impl
 
 _pool: ProcessPoolExecutor | None = None
@@ -31,7 +33,8 @@ def run_in_child(impl: str, ctx: OpContext) -> None:
         if _pool is None:
             import multiprocessing
 
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=die_with_parent, initargs=(os.getpid(),))
         pool = _pool
     try:
         ctx.results.update(pool.submit(_run, impl, ctx).result())

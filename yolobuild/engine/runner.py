@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ToolchainError, UserError, YolobuildError
+from ..errors import ToolchainError, UserError, YolobuildError, machine_error
 from ..plan.ir import Op, Plan, Ref
 from ..toolchains import registry
 from .cache import Cache, Entry, sha256_tree
@@ -174,6 +174,19 @@ class Execution:
     records: list[OpRecord]
     error: YolobuildError | None = None
     interrupted: bool = False
+    cache_events: list[dict[str, Any]] = field(default_factory=list)   # objects found corrupt, what was done
+
+
+class CorruptObject(ToolchainError):
+    """A cached object no longer hashes to its name: quarantined; the op that made it must run again."""
+
+    def __init__(self, producer: str, fingerprint: str, sha: str, output: str):
+        super().__init__(f"cache: {producer}'s output {output} (object {sha[:16]}) failed its sha256 check")
+        self.producer, self.fingerprint, self.sha, self.output = producer, fingerprint, sha, output
+
+
+# a corrupt object makes its op run again; more rounds than this means the cache's disk itself is failing
+MAX_REPAIR_ROUNDS = 3
 
 
 def feeds_a_worker(plan: Plan) -> set[str]:
@@ -259,10 +272,16 @@ class Runner:
         return self.cache.hash_file(path)
 
     def _input_path(self, ref: Ref, produced: dict[str, OpRecord], link_dir: Path | None = None) -> Path:
-        """An input's path; a cached object is shown under its output name (tools check suffixes)."""
+        """An input's path; a cached object is shown under its output name (tools check suffixes).
+
+        The object is checked against its sha256 first: an op never reads bytes the key did not name."""
         if not ref.op:
             return Path(ref.path)
-        obj = self.cache.object_path(produced[ref.op].outputs[ref.output]["sha256"])
+        producer = produced[ref.op]
+        sha = producer.outputs[ref.output]["sha256"]
+        if not self.cache.object_intact(sha):
+            raise CorruptObject(ref.op, producer.fingerprint or "", sha, ref.output)
+        obj = self.cache.object_path(sha)
         if link_dir is None:
             return obj
         link = link_dir / ref.output
@@ -304,6 +323,29 @@ class Runner:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, plan: Plan) -> Execution:
+        """Run the plan; where a cached object turns out corrupt, quarantine it, forget the entry that
+        named it and run the plan again (every other op is a cache hit), so the op that made it reruns."""
+        events: list[dict[str, Any]] = []
+        for _ in range(MAX_REPAIR_ROUNDS + 1):
+            ex = self._run_once(plan)
+            if not isinstance(ex.error, CorruptObject):
+                ex.cache_events = events
+                return ex
+            events.append(self.repair(ex.error))
+        ex.cache_events = events
+        return ex
+
+    def repair(self, bad: CorruptObject) -> dict[str, Any]:
+        self.cache.quarantine(bad.sha, f"{bad.producer}.{bad.output} failed its sha256 check")
+        if bad.fingerprint:
+            self.cache.drop_entry(bad.fingerprint)
+        event = {"op": bad.producer, "output": bad.output, "object": bad.sha,
+                 "action": "quarantined; the op ran again"}
+        self.progress(f"warning: the cached {bad.output} of {bad.producer} failed its sha256 check: "
+                      f"quarantined, {bad.producer} runs again")
+        return event
+
+    def _run_once(self, plan: Plan) -> Execution:
         """Run the plan's ops as their inputs become ready, up to `max_jobs()` at a time.
 
         A toolchain worker's compile (a separate process) and host ops such as the PyTorch
@@ -381,6 +423,9 @@ class Runner:
             rec.status, rec.reason = "failed", "interrupted"
             self._report(rec)
             raise
+        except CorruptObject:
+            rec.status = "pending"   # not this op's failure: run() repairs the cache and runs it again
+            raise
         except YolobuildError as exc:
             rec.status, rec.reason = "failed", str(exc)
             self._report(rec)
@@ -413,6 +458,9 @@ class Runner:
                 raise
             except (KeyboardInterrupt, MemoryError):
                 raise
+            except OSError as exc:
+                raise machine_error(exc, f"while {op.id} ran") or ToolchainError(
+                    f"{op.id}: {type(exc).__name__}: {exc}") from exc
             except Exception as exc:  # a crash inside an op or a tool: exit 3, with what crashed
                 rec.results = ctx.results
                 raise ToolchainError(f"{op.id}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..runtime.sniff import not_a_checkpoint
 from ..models import arch
 from ..models.arch import YOLOV5_SCALES
 from ..models.yolov5 import make_divisible
@@ -32,29 +33,6 @@ _IGNORED_MISSING = re.compile(r"(^|\.)num_batches_tracked$")
 def _first_line(text: str, limit: int = 160) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
-          (b"BM", "a BMP image"), (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"))
-
-
-def _sniff(path: Path) -> str | None:
-    """What a file is when it plainly is not a torch checkpoint (zip) or pickle; None otherwise."""
-    with open(path, "rb") as f:
-        head = f.read(256)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return None
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            return what
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
-        first = text.strip().splitlines()[0][:40] if text.strip() else ""
-        return f"a text file (starts with {first!r})"
-    return None
 
 
 def _trust_hint() -> str:
@@ -97,7 +75,7 @@ def load_checkpoint_file(path, key: str = "model.weights", full_pickle: dict | N
         raise UserError(f"{where}: no such file")
     if path.stat().st_size == 0:
         raise UserError(f"{where}: the file is empty")
-    kind = _sniff(path)
+    kind = not_a_checkpoint(path)
     if kind:
         raise UserError(f"{where}: not a checkpoint: {kind}")
     try:

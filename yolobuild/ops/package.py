@@ -55,11 +55,9 @@ def package(ctx: OpContext) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
-    files = [model_path]
-    for name in p.get("compiled") or []:      # multi-file artifacts (model.xml + model.bin) sit side by side
-        sibling = model_path.parent / name
-        if sibling != model_path and sibling.is_file():
-            files.append(sibling)
+    # multi-file artifacts (model.xml + model.bin): the other files come as inputs of their own, each
+    # under its own name (cached objects are stored by content, never side by side)
+    files = [model_path] + [Path(path) for slot, path in ctx.inputs.items() if slot.startswith("also:")]
     copied = {}
     for f in files:
         shutil.copyfile(f, out / f.name)

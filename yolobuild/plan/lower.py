@@ -174,7 +174,8 @@ def lower(config: Mapping) -> Plan:
                "annotations": annotations_ref or Ref("generate_dataset", "eval")}, ("metrics.json",),
               final=("metrics.json",))
     b.add("package", "package", {**common, "toolchain": tc_name, "compiled": list(tc.compiled)},
-          {"model": Ref("compile", tc.compiled[0]), "meta": Ref("load_model", "model.json")}, ("deploy",),
+          {"model": Ref("compile", tc.compiled[0]), "meta": Ref("load_model", "model.json"),
+           **{f"also:{name}": Ref("compile", name) for name in tc.compiled[1:]}}, ("deploy",),   # model.bin
           final=("deploy",))
     return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="compiled",
                 notes=tuple(notes))

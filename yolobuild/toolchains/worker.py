@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..lifetime import die_with_parent_preexec
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the yolobuild package itself
 
@@ -64,7 +66,8 @@ def call(python: Path, function: str, request: dict, workdir: Path, log: Path, t
         f.flush()
         try:
             proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
-                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env, timeout=timeout)
+                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env, timeout=timeout,
+                                  preexec_fn=die_with_parent_preexec)
         except subprocess.TimeoutExpired:
             raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
     text = log.read_text(errors="replace")
