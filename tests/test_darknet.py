@@ -1,6 +1,6 @@
 """YOLOv3 / YOLOv3-tiny from Darknet .cfg + .weights: cfg parse, the .weights byte layout (written here
 from the public format, read back), the family parity bar for every head layout with fuse on and off,
-bad input (one line, exit 2), the CLI verbs and the Cambricon MLU hand-off bundle (seed 004)."""
+bad input (one line, exit 2), the CLI verbs and the Cambricon MLU hand-off bundle."""
 from __future__ import annotations
 
 import json
@@ -258,7 +258,7 @@ def test_validate_does_not_import_torch():
     assert not [line for line in r.stderr.splitlines() if line.rstrip().endswith(" torch")]
 
 
-# --------------------------------------------------------------------------- Cambricon hand-off (seed 004)
+# --------------------------------------------------------------------------- Cambricon hand-off
 
 
 def test_mlu270_int8_bundle_loads_and_runs_against_fake_torch_mlu(tiny, tmp_path):

@@ -1,6 +1,6 @@
 """mmyolo YOLOv5 (family mmyolo-yolov5): mmyolo's state_dict layout, mmengine checkpoints (written the way
 mmengine's Runner.save_checkpoint and mmyolo's publish_model.py write them, with fake upstream classes that
-are gone from sys.modules before loading), the seed-003 head truncation, and the family parity bar
+are gone from sys.modules before loading), the vacc flow's head truncation, and the family parity bar
 (patch -> export each head layout -> onnxruntime vs the unpatched PyTorch model, per field and after NMS)."""
 from __future__ import annotations
 
@@ -354,7 +354,7 @@ def test_truncate_head_is_exact_and_cuts_the_graph_at_the_convs(model_pt, work, 
     figures = assert_export_parity(root, model_pt[0], head, H, W, patches=["mmyolo_truncate_head"])
     print(f"mmyolo truncated {head}: {figures}")
     assert figures["patch_check"]["boxes"]["cosine"] >= 0.99999
-    if head == "raw":            # outputs are produced by the convs_pred Conv nodes themselves (seed 003)
+    if head == "raw":            # outputs are produced by the convs_pred Conv nodes themselves (the vacc flow)
         onnx_path = root / "parity_raw_fused" / "export_onnx" / "model.onnx"
         g = onnx.load(str(onnx_path)).graph
         producer = {o: n.op_type for n in g.node for o in n.output}

@@ -275,3 +275,17 @@ def test_independent_mistakes_are_all_reported(tmp_path):
     assert r.returncode == 2 and len(lines) == 3, r.stderr
     assert lines[0].startswith("error: input.widht") and lines[1].startswith("error: modle.nc")
     assert lines[2].startswith("error: input.height")
+
+
+@pytest.mark.parametrize("target, option, value, ok", [
+    ("bm1684x", "num_core", 2, False), ("bm1688", "num_core", 2, True),
+    ("mlu220", "core_number", 5, False), ("mlu270", "core_number", 5, True),
+])
+def test_chip_facts_narrow_options_at_validate(target, option, value, ok):
+    """A chip's core count lives in its target YAML (option_choices), checked before any build."""
+    if ok:
+        validate(compose([f"target={target}", f"backend.options.{option}={value}"]))
+        return
+    with pytest.raises(UserError) as err:
+        validate(compose([f"target={target}", f"backend.options.{option}={value}"]))
+    assert err.value.lines[0].startswith(f"backend.options.{option}: {value} is not allowed on {target}")

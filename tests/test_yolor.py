@@ -261,7 +261,7 @@ def test_implicit_layers_are_applied_and_fold_exactly(net):
 
 
 def test_idetect_export_verifies_and_catches_upstream_decode(net):
-    """The seed-002 bugs, written into a copy of the head, are what the idetect_export patch refuses."""
+    """The upstream IDetect export bugs, written into a copy of the head, are what the idetect_export patch refuses."""
     from yolobuild.models.yolor import verify_idetect_export
 
     x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(6))

@@ -67,6 +67,12 @@ def machine_error(exc: OSError, doing: str = "") -> MachineError | None:
                         f"{': ' + str(where) if where else ''}; {fix}")
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """'TypeName: the message' on one line, cut to `limit`: how a tool's exception reaches the user."""
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:limit]}"
+
+
 def nearest(word: str, choices, n: int = 1) -> str:
     """' (did you mean X?)' for the closest choice, or '' when none is close."""
     import difflib

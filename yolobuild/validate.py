@@ -208,6 +208,17 @@ def _rule_head_suits_target(c: dict) -> list[tuple[str, str]]:
     return [("graph.head", f"{head!r} does not suit target {c['target']['name']}; allowed: {', '.join(heads['allowed'])}")]
 
 
+def _rule_option_choices(c: dict) -> list[tuple[str, str]]:
+    """Chip facts that narrow a toolchain option (target YAML `option_choices`), e.g. bm1688's two cores."""
+    t, opts = c["target"], c["backend"]["options"] or {}
+    out = []
+    for key, allowed in (t.get("option_choices") or {}).items():
+        if key in opts and opts[key] not in allowed:
+            out.append((f"backend.options.{key}", f"{opts[key]!r} is not allowed on {t['name']}; "
+                        f"allowed: {', '.join(map(str, allowed))}"))
+    return out
+
+
 def _rule_toolchain_allowed(c: dict) -> list[tuple[str, str]]:
     t = c["target"]
     allowed = list(t.get("toolchains") or [t["toolchain"]])
@@ -232,7 +243,7 @@ def _rule_toolchain_known(c: dict) -> list[tuple[str, str]]:
 
 
 def _rule_int8_shared_scale(c: dict) -> list[tuple[str, str]]:
-    """The concat trap: a decoded head in int8 gets one scale for boxes and scores (TOOLCHAINS.md)."""
+    """The concat trap: a decoded head in int8 gets one scale for boxes and scores."""
     head, t = c["graph"]["head"], c["target"]
     if c["precision"]["name"] != "int8" or head not in t["heads"].get("int8_shared_scale", []) \
             or c["graph"]["allow_shared_scale_head"]:
@@ -303,6 +314,7 @@ RULES: tuple[Rule, ...] = (
     _rule_int8_shared_scale,
     _rule_toolchain_known,
     _rule_toolchain_allowed,
+    _rule_option_choices,
     _rule_workspace_writable,
 )
 

@@ -16,7 +16,7 @@ DarknetBottleneck (`conv1` 1x1, `conv2` 3x3), concatenating (main, short).
 Outputs (`bbox_head.layout`):
 
 * raw: per level the `convs_pred` map (bs, na*(5+nc), ny, nx), channels per prior
-  [x, y, w, h, obj, cls...]: what seed 003's truncated `YOLOv5HeadModule.forward` returns.
+  [x, y, w, h, obj, cls...]: what a truncated `YOLOv5HeadModule.forward` (the vacc flow's edit) returns.
   Without the `mmyolo_truncate_head` patch the head module splits the map as upstream does
   (cls_scores, bbox_preds, objectnesses) and the head joins the pieces again, so the values are
   the same and the exported graph carries the split; with the patch the outputs are the conv
@@ -196,7 +196,7 @@ class YOLOv5HeadModule(nn.Module):
 
     `forward` is upstream's: each map viewed as (bs, na, 5+nc, ny, nx) and split into
     (cls_scores, bbox_preds, objectnesses). The `mmyolo_truncate_head` patch swaps it for
-    `forward_truncated`, seed 003's edit: the three conv maps as they are."""
+    `forward_truncated`, the vacc flow's edit: the three conv maps as they are."""
 
     def __init__(self, num_classes: int, in_channels=(256, 512, 1024), widen_factor: float = 1.0,
                  num_base_priors: int = 3, featmap_strides=(8, 16, 32)):
@@ -239,7 +239,7 @@ class YOLOv5HeadModule(nn.Module):
         return cls_score, bbox_pred, objectness
 
     def forward_truncated(self, x):
-        """Seed 003: the raw convs_pred outputs, one per level."""
+        """The vacc flow's head: the raw convs_pred outputs, one per level."""
         assert len(x) == self.num_levels
         return tuple(self.convs_pred[i](x[i]) for i in range(self.num_levels))
 
@@ -283,7 +283,7 @@ class YOLOv5Head(nn.Module):
 
     def _maps(self, outs) -> list[torch.Tensor]:
         """Per level (bs, na*no, ny, nx) maps from the head module's output, split or truncated."""
-        if isinstance(outs[0], torch.Tensor):           # truncated (seed 003): the conv outputs themselves
+        if isinstance(outs[0], torch.Tensor):           # truncated: the conv outputs themselves
             return list(outs)
         maps = []
         for cls, box, obj in zip(*outs):                 # upstream: join (bbox, obj, cls) per prior again
@@ -339,10 +339,10 @@ def build(scale: str = "s", layout: str = LAYOUT, nc: int = 80, anchors=None) ->
     return YOLODetector(scale=scale, nc=nc, anchors=anchors, layout=layout)
 
 
-# --------------------------------------------------------------------------- the named patch (seed 003)
+# --------------------------------------------------------------------------- the named patch
 
 def truncate_head(model: nn.Module, example: torch.Tensor | None = None) -> dict:
-    """Seed 003: YOLOv5HeadModule.forward returns the three raw convs_pred outputs (no split into
+    """The vacc flow's cut: YOLOv5HeadModule.forward returns the three raw convs_pred outputs (no split into
     cls / bbox / objectness). With an example input it verifies that what the head module returns
     is exactly what its convs_pred produced (nothing is computed after the convs)."""
     heads = [m for m in model.modules() if isinstance(m, YOLOv5HeadModule)]

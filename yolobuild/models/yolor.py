@@ -6,7 +6,7 @@ models/common.py and models/yolo.py (`model.{i}.cv1.conv.weight`, `model.41.ia.{
 `model.41.m.{j}.weight`, `model.41.anchors`) so that real checkpoints load into these classes
 unchanged; upstream's `anchor_grid` buffer is derived here and ignored on load.
 
-IDetect is export-clean by construction, the two fixes of seed 002 built in:
+IDetect is export-clean by construction, the two export fixes YOLOR users apply by hand built in:
 
 * training flag: upstream's forward runs `self.training |= self.export`, so an export-mode
   model returned the raw per-level maps (wrong output shape). Here the flag is never written:
@@ -151,12 +151,12 @@ class IDetect(Detect):
         return [self.im[i](self.m[i](self.ia[i](x[i]))) for i in range(self.nl)]
 
     def _decode_constants(self):
-        """Python floats: constants when traced, never a buffer read (seed 002)."""
+        """Python floats: constants when traced, never a buffer read."""
         return [float(s) for s in self.stride], [self._anchors_px(i) for i in range(self.nl)]
 
     def _make_grid(self, nx, ny, i, dtype, device):
         """Cell offsets (minus 0.5) and this level's anchors in pixels as (1, na, 1, 1, 2): constants of a
-        traced graph, broadcast explicitly (seed 002's fix: `anchor_grid[i].view(1, na, 1, 1, 2)` instead of
+        traced graph, broadcast explicitly (the export fix: `anchor_grid[i].view(1, na, 1, 1, 2)` instead of
         upstream's buffer multiplied into a slice in place)."""
         yv, xv = torch.meshgrid(torch.arange(ny, device=device, dtype=dtype),
                                 torch.arange(nx, device=device, dtype=dtype), indexing="ij")
@@ -289,7 +289,7 @@ _INPLACE = re.compile(r"aten::(copy_|index_put_?|slice_scatter|select_scatter|ma
 
 
 def verify_idetect_export(model: nn.Module, example: torch.Tensor | None = None) -> dict:
-    """Verify the seed-002 IDetect export fixes on the finished module: for each IDetect, with the
+    """Verify the IDetect export fixes on the finished module: for each IDetect, with the
     inputs the model's own feature maps give for `example`,
 
     * the eval forward returns the head layout (raw: nl maps; split: 3; decoded: one (bs, N, 5+nc))

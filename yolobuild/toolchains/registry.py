@@ -25,7 +25,8 @@ DECLARATION = "toolchain.yaml"
 # shared code a toolchain's ops run besides their package's own files (the fingerprint covers it)
 SHARED_CODE = {"handoff": ("yolobuild/toolchains/handoff",),
                "isolated": ("yolobuild/toolchains/envs.py", "yolobuild/toolchains/worker.py"),
-               "always": ("yolobuild/runtime/arrays.py", "yolobuild/runtime/quiet.py")}
+               "always": ("yolobuild/runtime/arrays.py", "yolobuild/runtime/quiet.py", "yolobuild/runtime/probe.py",
+                          "yolobuild/errors.py", "yolobuild/context.py")}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Cambricon MLU220 / MLU270 (torch_mlu 1.x + genoff): hand-off bundle (seeds 001 and 004).
+"""Cambricon MLU220 / MLU270 (torch_mlu 1.x + genoff): hand-off bundle.
 
 Bundle: model.pth (weights-only state_dict, no conv+BN fuse, legacy serialization that PyTorch 1.3
 reads), <family>_mlu.py (the model definition the scripts import, PyTorch 1.3 compatible); both
@@ -16,11 +16,10 @@ from pathlib import Path
 from ..handoff import bundle as ho
 from ..handoff.bundle import Bundle
 
-CORES = {"MLU220": 4, "MLU270": 16}                 # core_number ceilings
 QUANTIZED_MODE = {"fp16": 0, "int8": 1, "int16": 2}  # genoff -quantized_mode
 
 SDK = ("Cambricon PyTorch (torch_mlu) 1.x on PyTorch 1.3 with Neuware / CNToolkit (CNML, CNRT 4.x), "
-       "as in seeds 001 and 004; the offline model runs with CNRT")
+       "the offline model runs with CNRT")
 
 
 def _definition(b: Bundle) -> tuple[str, str]:
@@ -141,12 +140,7 @@ if __name__ == "__main__":
 
 def render(b: Bundle) -> None:
     o, p = b.options, b.params
-    mcore = str(p["platform"]).upper()
-    if mcore not in CORES:
-        raise ho.UserError(f"target.platform: {p['platform']!r} is not a Cambricon core; allowed: {', '.join(CORES)}")
-    if o["core_number"] > CORES[mcore]:
-        raise ho.UserError(f"backend.options.core_number: {o['core_number']} is not allowed on {mcore}; "
-                           f"allowed: 1..{CORES[mcore]}")
+    mcore = str(p["platform"]).upper()   # core_number per chip: the target YAML's option_choices, checked at validate
     if b.precision not in QUANTIZED_MODE:
         raise ho.UserError(f"precision: {b.precision!r} is not supported by the Cambricon flow; "
                            f"allowed: {', '.join(QUANTIZED_MODE)}")

@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from ...context import OpContext
-from ...errors import ToolchainError, UserError
-from ...runtime.arrays import canvas_to_input, load_npz, save_npz
+from ...errors import ToolchainError, UserError, one_line
+from ...runtime.arrays import canvas_to_input, load_npz
+from ...runtime.probe import probe_outputs, save_outputs
 from ...runtime.quiet import quiet
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return f"{exc.__class__.__name__}: {text[:limit]}"
-
 
 def _session(model, optimization: str = "all", optimized_path: Path | None = None):
     import onnxruntime as ort
@@ -35,7 +31,7 @@ def _session(model, optimization: str = "all", optimized_path: Path | None = Non
     try:
         return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ToolchainError(f"onnxruntime: cannot load {Path(model).name}: {_one_line(exc)}") from None
+        raise ToolchainError(f"onnxruntime: cannot load {Path(model).name}: {one_line(exc)}") from None
 
 
 def _input_layout(params: dict) -> str:
@@ -160,7 +156,7 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             model_in, pre_processed = pre, True
         except Exception as exc:  # pre-processing is an aid; quantize the exported model as is
-            ctx.log(f"quantize: quant_pre_process skipped ({_one_line(exc, 120)})")
+            ctx.log(f"quantize: quant_pre_process skipped ({one_line(exc, 120)})")
 
     excluded: list[str] = []
     if opts["fp32_head"]:
@@ -194,7 +190,7 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
                             calibrate_method=method, extra_options=extra, nodes_to_exclude=excluded,
                             **({"calibration_cache_path": str(cache)} if cache else {}))
     except Exception as exc:
-        raise ToolchainError(f"onnxruntime: quantize_static failed: {_one_line(exc)}") from None
+        raise ToolchainError(f"onnxruntime: quantize_static failed: {one_line(exc)}") from None
     ops = _op_counts(out)
     if not ops.get("QuantizeLinear") or not ops.get("DequantizeLinear"):
         raise ToolchainError("onnxruntime: quantize_static produced no QuantizeLinear/DequantizeLinear nodes")
@@ -244,18 +240,6 @@ def simulate(ctx: OpContext) -> None:
         raise ToolchainError(f"onnxruntime: the model takes {shape[2]}x{shape[3]} input, the probe images are {h}x{w}")
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
     names = [o.name for o in sess.get_outputs()]
-    results: list[list[np.ndarray]] = [[] for _ in names]
-    for i in range(0, len(canvases), batch):
-        x = canvas_to_input(canvases[i:i + batch], scale)
-        real = len(x)
-        if real < batch:
-            x = np.concatenate([x, np.zeros((batch - real,) + x.shape[1:], x.dtype)], 0)
-        try:
-            outs = sess.run(names, {name: x})
-        except Exception as exc:
-            raise ToolchainError(f"onnxruntime: inference failed on probe image {i}: {_one_line(exc)}") from None
-        for k, o in enumerate(outs):
-            results[k].append(np.asarray(o)[:real])
-    arrays = {n: np.concatenate(r, 0) for n, r in zip(names, results)}
-    save_npz(ctx.outputs["outputs.npz"], __names__=np.asarray(names, dtype=str), **arrays)
+    arrays = probe_outputs(canvases, scale, batch, names, lambda x: sess.run(names, {name: x}), "onnxruntime")
+    save_outputs(ctx.outputs["outputs.npz"], names, arrays)
     ctx.results.update({"images": int(len(canvases)), "outputs": {n: list(a.shape) for n, a in arrays.items()}})

@@ -9,16 +9,11 @@ import re
 
 import numpy as np
 
-from ...errors import ToolchainError, UserError
+from ...errors import ToolchainError, UserError, one_line
 from ...runtime.arrays import canvas_to_input
 
 # ops that hold data, not computation: never quantized, never worth naming in an ignored scope
 _DATA_OPS = {"Constant", "Parameter", "Result", "Convert"}
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return f"{exc.__class__.__name__}: {text[:limit]}"
 
 
 def calibration_dataset(canvases: np.ndarray, scale: float, batch: int):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ...context import OpContext
-from ...errors import ToolchainError, UserError
-from ...runtime.arrays import canvas_to_input, load_npz, save_npz
-from .quantization import one_line
+from ...errors import ToolchainError, UserError, one_line
+from ...runtime.arrays import load_npz
+from ...runtime.probe import probe_outputs, save_outputs
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -114,20 +114,13 @@ def _run_probe(ctx: OpContext, xml: Path, weights: Path) -> None:
         raise ToolchainError(f"openvino: the CPU plugin cannot compile {xml.name}: {one_line(exc)}") from None
     request = compiled.create_infer_request()
     names = [o.get_any_name() for o in compiled.outputs]
-    results: list[list[np.ndarray]] = [[] for _ in names]
-    for i in range(0, len(canvases), batch):
-        x = canvas_to_input(canvases[i:i + batch], scale)
-        real = len(x)
-        if real < batch:
-            x = np.concatenate([x, np.zeros((batch - real,) + x.shape[1:], x.dtype)], 0)
-        try:
-            request.infer({0: x})
-        except Exception as exc:
-            raise ToolchainError(f"openvino: inference failed on probe image {i}: {one_line(exc)}") from None
-        for k in range(len(names)):
-            results[k].append(np.array(request.get_output_tensor(k).data)[:real])
-    arrays = {n: np.concatenate(r, 0) for n, r in zip(names, results)}
-    save_npz(ctx.outputs["outputs.npz"], __names__=np.asarray(names, dtype=str), **arrays)
+
+    def infer(x):
+        request.infer({0: x})
+        return [np.array(request.get_output_tensor(k).data) for k in range(len(names))]
+
+    arrays = probe_outputs(canvases, scale, batch, names, infer, "openvino")
+    save_outputs(ctx.outputs["outputs.npz"], names, arrays)
     ctx.results.update({"images": int(len(canvases)), "device": "CPU", "inference_precision": precision,
                         "outputs_shapes": {n: list(a.shape) for n, a in arrays.items()}})
 

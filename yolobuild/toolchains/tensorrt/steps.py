@@ -13,11 +13,11 @@ import dataclasses
 import inspect
 from pathlib import Path
 
-import numpy as np
 
 from ...context import OpContext
 from ...errors import ToolchainError, UserError
-from ...runtime.arrays import canvas_to_input, load_npz, save_npz
+from ...runtime.arrays import load_npz
+from ...runtime.probe import probe_outputs, save_outputs
 from . import builder, qdq, vendor
 from .execution import EngineRunner
 from .logger import file_logger
@@ -144,17 +144,10 @@ def simulate(ctx: OpContext) -> None:
                                      f"the probe images are {h}x{w}")
             batch = shape[0]
             names = _model_order(engine, ctx.inputs.get("source"))
-            results: dict[str, list[np.ndarray]] = {n: [] for n in names}
-            for i in range(0, len(canvases), batch):
-                x = canvas_to_input(canvases[i:i + batch], scale)
-                real = len(x)
-                if real < batch:
-                    x = np.concatenate([x, np.zeros((batch - real,) + x.shape[1:], x.dtype)], 0)
-                for name, value in engine.run(x).items():
-                    results[name].append(value[:real])
+            arrays = probe_outputs(canvases, scale, batch, names,
+                                   lambda x: [engine.run(x)[n] for n in names], "tensorrt")
     finally:
         logger.close()
-    arrays = {n: np.concatenate(r, 0) for n, r in results.items()}
-    save_npz(ctx.outputs["outputs.npz"], __names__=np.asarray(names, dtype=str), **arrays)
+    save_outputs(ctx.outputs["outputs.npz"], names, arrays)
     ctx.results.update({"images": int(len(canvases)), "gpu": target.name, "tensorrt": trt.__version__,
                         "outputs": {n: list(a.shape) for n, a in arrays.items()}})

@@ -9,15 +9,10 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from ...errors import ToolchainError, UserError
+from ...errors import ToolchainError, UserError, one_line
 from . import gpu
 
 INSTALL = 'pip install "yolobuild[tensorrt]"'
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split())
-    return f"{exc.__class__.__name__}: {text[:limit]}"
 
 
 def require_gpus() -> list[gpu.Gpu]:
@@ -46,7 +41,7 @@ def _import(module: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except Exception as exc:   # e.g. libnvinfer missing beside the bindings
-        raise ToolchainError(f"tensorrt: {what} does not load ({_one_line(exc)}); "
+        raise ToolchainError(f"tensorrt: {what} does not load ({one_line(exc)}); "
                              f"reinstall it with {INSTALL}") from None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # --------------------------------------------------------------------------- environment fix-ups
-# Where each workaround of TOOLCHAINS.md (TPU-MLIR 1.30.2) lives:
+# Where each workaround for TPU-MLIR 1.30.2 lives:
 #   psutil (needed, not declared), setuptools<81 (pkg_resources), transformers (onnxruntime_extensions
 #     imports it: cannot be skipped) -> pinned in requirements/tpu-mlir.txt
 #   glibc 2.35 libs shipped in lib/third_party, the torch import -> fixup() below (1), (2)

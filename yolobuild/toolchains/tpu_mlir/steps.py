@@ -20,7 +20,6 @@ from ...runtime.arrays import canvas_to_input, load_npz, save_npz
 from ..envs import call_in_env, env_dir, find_spec
 
 QUANTIZE = {"fp32": "F32", "fp16": "F16", "int8": "INT8"}
-CORES = {"bm1684x": (1,), "bm1684": (1,), "bm1688": (1, 2)}
 NO_F16 = ("bm1684",)            # chips without F16: a quantize_table keeps layers in F32 there
 
 # dataset.preprocess -> model_transform's preprocessing flags, one table. yolobuild feeds the emulator
@@ -33,14 +32,8 @@ PREPROCESS_FLAGS = {
 
 
 def _options(params: dict) -> dict:
-    """The options (complete and checked at validate), plus the one rule a schema cannot say: cores per chip."""
-    opts = params["options"]
-    platform = str(params["platform"]).lower()
-    cores = CORES.get(platform, (1,))
-    if opts["num_core"] not in cores:
-        raise UserError(f"backend.options.num_core: {opts['num_core']!r} is not allowed on {platform}; "
-                        f"allowed: {', '.join(map(str, cores))}")
-    return opts
+    """The options, complete and checked at validate (the chip's core count: its target YAML's option_choices)."""
+    return params["options"]
 
 
 def _preprocess_flags(p: dict) -> list[str]:

@@ -1,8 +1,8 @@
-"""Sophgo BM1684 with the legacy tpu-nntc SDK (not on PyPI): hand-off bundle (seed 000).
+"""Sophgo BM1684 with the legacy tpu-nntc SDK (not on PyPI): hand-off bundle.
 
 Picked with `backend.toolchain=tpu-nntc` (bm1684's default is tpu-mlir). Bundle: the TorchScript
-trace tpu-nntc wants (three raw head convs, seed 000), the bmnetp FP32 command, the ufw.cali +
-bmnetu INT8 steps (VENDOR_FORMATS.md), the calibration images with the exact preprocessing string,
+trace tpu-nntc wants (three raw head convs), the bmnetp FP32 command, the ufw.cali +
+bmnetu INT8 steps (the SDK's documented commands), the calibration images with the exact preprocessing string,
 run.sh, README.md.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..handoff import bundle as ho
 from ..handoff.bundle import Bundle
 
-SDK = "Sophgo tpu-nntc 3.x (bmnetp, ufw, bmnetu) for BM1684, torch 1.8 TorchScript (seed 000)"
+SDK = "Sophgo tpu-nntc 3.x (bmnetp, ufw, bmnetu) for BM1684, torch 1.8 TorchScript"
 
 
 def _flag(v: bool) -> str:
@@ -52,8 +52,8 @@ def render(b: Bundle) -> None:
         b.expects.append("compilation/compilation.bmodel")
     b.readme += [
         "## tpu-nntc notes", "",
-        "- `model.torchscript.pt`: traced on the host, `Detect.forward` returning the three raw head convs "
-        "(seed 000); tpu-nntc reads TorchScript, not ONNX.",
+        "- `model.torchscript.pt`: traced on the host, `Detect.forward` returning the three raw head convs; "
+        "tpu-nntc reads TorchScript, not ONNX.",
         (f"- FP32: `bmnetp` with --opt={o['opt']} --dyn={_flag(o['dyn'])} --cmp={_flag(o['cmp'])}." if b.precision == "fp32"
          else f"- INT8: `ufw.cali.cali_model` over `calib/images/` (images are letterboxed {b.height}x{b.width} already, so "
               f"resize is an identity; cv2 reads BGR, hence bgr2rgb=True; x * {b.scale:.9f}), then `bmnetu` on the "

@@ -1,6 +1,6 @@
 """VastAI VA1 (vamc / vamp): hand-off bundle. The compiler runs only in VastAI's docker.
 
-Bundle: model.onnx (the head cut at the per-level convs, as seed 003 does for mmyolo), build.yaml
+Bundle: model.onnx (the head cut at the per-level convs, as vamc's mmyolo flow expects), build.yaml
 for `vamc compile` (vamc 3; `backend.options.vamc_version: 2` writes the older `vamc build`
 layout), vdsp_params.json for vamp / vaststreamx, benchmark.sh with the vamp benchmark and
 accuracy commands, the calibration set (int8), run.sh, README.md.
@@ -13,7 +13,7 @@ from pathlib import Path
 from ..handoff import bundle as ho
 from ..handoff.bundle import Bundle
 
-SDK = "vamc v3.0+ (or v2 with backend.options.vamc_version=2), vamp v2.4+, vaststreamx v2.8+ (seed 003)"
+SDK = "vamc v3.0+ (or v2 with backend.options.vamc_version=2), vamp v2.4+, vaststreamx v2.8+"
 
 
 def _anchor_numbers(meta: dict) -> list[float]:
@@ -31,7 +31,7 @@ def _extra_ops(b: Bundle) -> dict:
 def _process_ops(b: Bundle) -> list[dict]:
     """The calibration images are already letterboxed to HxW in RGB: resize and pad are identities.
 
-    A square input keeps seed 003's list (Resize long side, Pad to square: identities here); a
+    A square input keeps vamc's list (Resize long side, Pad to square: identities here); a
     non-square one drops them, since vamc's pad_to_square would change the canvas.
     """
     ops: list[dict] = [{"type": "DecodeImage"}]
@@ -131,7 +131,7 @@ def render(b: Bundle) -> None:
     b.readme += [
         "## VastAI notes", "",
         f"- `build.yaml` is for `vamc {'compile' if v3 else 'build'}`; the model is `model.onnx`, cut at the head "
-        f"convs as seed 003 cuts mmyolo's `YOLOv5HeadModule`. Outputs: {head}.",
+        f"convs, the cut vamc's flow makes in mmyolo's `YOLOv5HeadModule`. Outputs: {head}.",
         "- `vdsp_params.json` is the VDSP preprocessing for vamp / vaststreamx (BGR888 in, letterbox, RGB, /255).",
         "- On a VA1 card: `bash benchmark.sh` (vamp throughput and latency; with `DATALIST=npz_datalist.txt` "
         "it also writes raw outputs to `npz_output/` for the accuracy check).", ""]
