@@ -333,3 +333,18 @@ def validate(composed: Composed) -> MappingProxyType:
         lines = [f"{key or 'config'}: {msg} ({source_of(key, sources)})" for key, msg in problems]
         raise UserError(lines[0], lines)
     return freeze(config)
+
+
+class _CallableModule(type(os)):
+    """`yolobuild.validate(recipe=..., ...)` is the Python API's validate (yolobuild.api): the package
+    attribute of that name is this module, so the module itself answers the call."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import validate as api_validate
+
+        return api_validate(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
