@@ -67,10 +67,10 @@ def build(recipe: str | None = None, target: str | None = None, precision: str |
     outcome = run_build(config, plan, on_op)
     if outcome.exit_code == EXIT_INTERRUPTED:
         raise KeyboardInterrupt(outcome.message)
-    manifest = outcome.manifest
-    paths = {name: outcome.build_dir / out["path"] for op in manifest.get("ops", [])
+    manifest, build_dir = outcome.manifest, outcome.build_dir.absolute()   # the caller may change folder
+    paths = {name: build_dir / out["path"] for op in manifest.get("ops", [])
              for name, out in op.get("outputs", {}).items() if out.get("in") == "build"}
-    result = Result(manifest.get("status", "failed"), manifest, outcome.build_dir, paths, outcome.exit_code)
+    result = Result(manifest.get("status", "failed"), manifest, build_dir, paths, outcome.exit_code)
     if outcome.exit_code != EXIT_OK:
         raise BuildFailed(outcome.message, result, outcome.exit_code)
     return result

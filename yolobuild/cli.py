@@ -434,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import repo
 
         found = repo.discover()
+        typed = len(args.overrides)
         args.config_dirs, args.overrides = repo.apply(found, args.config_dirs, args.overrides)
+        repo_defaults = len(args.overrides) - typed   # they come first: job labels show what was typed
         if args.help:
             print(_help_text(args.config_dirs))
             return EXIT_OK
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     worst, rows, locks = EXIT_OK, [], {}
     for overrides in jobs:
-        label = " ".join(overrides) if args.multirun else ""
+        label = " ".join(overrides[repo_defaults:]) if args.multirun else ""
         if label:
             out.say(f"job: {label}")
         try:
