@@ -11,12 +11,15 @@ from pathlib import Path
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, machine_error, nearest
 
-VERBS = ("build", "validate", "plan", "toolchain", "inspect", "cache")
+VERBS = ("build", "validate", "plan", "lock", "toolchain", "inspect", "cache", "init", "schema", "check-recipes")
+REPO_COMMANDS = {"init": "cmd_init", "schema": "cmd_schema", "check-recipes": "cmd_check_recipes"}  # repo_cli
 
 HELP = """\
-usage: yolobuild [build|validate|plan] [KEY=VALUE ...] [--multirun] [--config-dir DIR]
+usage: yolobuild [build|validate|plan|lock] [KEY=VALUE ...] [--multirun] [--config-dir DIR] [--locked]
+       yolobuild init [--weights PATH|builtin:NAME] [--name NAME] [--from RECIPE]
+       yolobuild schema [--output FILE]  |  yolobuild check-recipes FILE...  |  yolobuild --version
        yolobuild toolchain list | install NAME [--force]
-       yolobuild inspect model.weights=PATH [model.trust_checkpoint=true] [model.source.repo=DIR]
+       yolobuild inspect model.weights=PATH|builtin:NAME [model.trust_checkpoint=true] [model.source.repo=DIR]
        yolobuild cache verify [--repair] [cache.dir=DIR] | gc [cache.max_size=SIZE] [cache.dir=DIR]
 
 Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
@@ -27,6 +30,12 @@ verbs:
   build      (default) run the plan; outputs go to <workspace.path>/<recipe>_<target>_<precision>_<H>x<W>/
   validate   check the composed recipe: every problem on one line, with the file that set it
   plan       print the ops, their fingerprints and cache state; write plan.json
+  lock       write yolobuild.lock (at the repo root): each job's recipe keys, input file sha256s, tool
+             versions and op fingerprints; `build --locked` exits 3 naming what changed, before it runs
+  init       write a recipe for your checkpoint (or random weights) into this repo, inheriting the shipped
+             recipe that fits, and the yolobuild.yaml marker at the repo root; never overwrites
+  schema     print (or --output FILE) the JSON Schema of a recipe file, for editors and CI
+  check-recipes  check recipe files (YAML, schema, the composed build's rules; no torch): the pre-commit hook
   toolchain  list the isolated toolchain environments, or install one (e.g. `toolchain install rknn`);
              builds install what they need on first use (YOLOBUILD_NO_INSTALL=1 turns that off)
   cache      verify: read every cached object and check it against its sha256 (--repair quarantines
@@ -50,7 +59,11 @@ overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
 
 options:
   -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8
-  -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first)
+  -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first); without
+                         it, the config_dir named by the nearest yolobuild.yaml (or [tool.yolobuild] in
+                         pyproject.toml) above the current folder, with its workspace and cache defaults
+  --locked               build: refuse (exit 3) when the job differs from yolobuild.lock
+  --version              print the version
   --allow-env            let recipe files read environment variables (${oc.env:NAME}); without it only
                          the names listed in YOLOBUILD_ALLOW_ENV=A,B may be read. Values read from the
                          environment are replaced by ${oc.env:NAME} in every file yolobuild writes
@@ -87,10 +100,13 @@ class Args:
                  allow_env: bool = False):
         self.verb, self.overrides, self.multirun, self.config_dirs, self.help = verb, overrides, multirun, config_dirs, help
         self.allow_env = allow_env
+        self.locked = False
 
 
 def parse_args(argv: list[str]) -> Args:
     verb, overrides, multirun, dirs, want_help, allow_env = "build", [], False, [], False, False
+    locked = "--locked" in argv
+    argv = [a for a in argv if a != "--locked"]
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -109,7 +125,7 @@ def parse_args(argv: list[str]) -> Args:
                 i += 1
                 dirs.append(argv[i])
         elif a.startswith("-") and "=" not in a:
-            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--allow-env', '--help'])}; "
+            raise UserError(f"{a}: unknown option{nearest(a, ['--multirun', '--config-dir', '--allow-env', '--help', '--locked'])}; "
                             "see yolobuild --help")
         elif i == 0 and "=" not in a and not a.startswith(("~", "+")):
             if a not in VERBS:
@@ -118,7 +134,11 @@ def parse_args(argv: list[str]) -> Args:
         else:
             overrides.append(a)
         i += 1
-    return Args(verb, overrides, multirun, dirs, want_help, allow_env)
+    args = Args(verb, overrides, multirun, dirs, want_help, allow_env)
+    args.locked = locked
+    if locked and verb != "build":
+        raise UserError(f"--locked: only for build, not {verb} (command line)")
+    return args
 
 
 def _help_text(config_dirs) -> str:
@@ -126,7 +146,11 @@ def _help_text(config_dirs) -> str:
 
     lines = [HELP, "available choices:"]
     for g in GROUPS:
-        lines.append(f"  {g}: {', '.join(options(g, config_dirs))}")
+        lines.append(f"  {g}: {', '.join(options(g))}")
+        for d in config_dirs:   # the repo's own (or --config-dir's), beside the shipped ones
+            mine = sorted(p.stem for p in (Path(d) / g).glob("*.yaml"))
+            if mine:
+                lines.append(f"  {g} ({d}): {', '.join(mine)}")
     return "\n".join(lines)
 
 
@@ -318,7 +342,9 @@ def _cmd_inspect(argv: list[str], out) -> int:
                         "[model.trust_checkpoint=true] [model.source.repo=DIR] (command line)")
     from .ops.checkpoint import inspect_weights
 
-    info = inspect_weights(Path(kv["model.weights"]).expanduser(), kv.get("model.trust_checkpoint") == "true",
+    from .init_recipe import checkpoint_path
+
+    info = inspect_weights(checkpoint_path(kv["model.weights"]), kv.get("model.trust_checkpoint") == "true",
                            kv.get("model.source.repo"))
     for key, value in info.items():
         out.say(f"{key + ':':<12} {value if isinstance(value, str) else json.dumps(value)}")
@@ -365,6 +391,19 @@ def _cmd_cache(argv: list[str], out) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        from . import __version__
+
+        print(f"yolobuild {__version__}")
+        return EXIT_OK
+    if argv and argv[0] in REPO_COMMANDS:
+        from . import repo_cli
+
+        try:
+            return getattr(repo_cli, REPO_COMMANDS[argv[0]])(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
     if argv and argv[0] == "cache":
         try:
             return _cmd_cache(argv[1:], Output())
@@ -392,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Output()
     try:
         args = parse_args(argv)
+        from . import repo
+
+        found = repo.discover()
+        typed = len(args.overrides)
+        args.config_dirs, args.overrides = repo.apply(found, args.config_dirs, args.overrides)
+        repo_defaults = len(args.overrides) - typed   # they come first: job labels show what was typed
         if args.help:
             print(_help_text(args.config_dirs))
             return EXIT_OK
@@ -399,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         _print_errors(err)
         return EXIT_USER
-    worst, rows = EXIT_OK, []
+    worst, rows, locks = EXIT_OK, [], {}
     for overrides in jobs:
-        label = " ".join(overrides) if args.multirun else ""
+        label = " ".join(overrides[repo_defaults:]) if args.multirun else ""
         if label:
             out.say(f"job: {label}")
         try:
@@ -410,7 +455,17 @@ def main(argv: list[str] | None = None) -> int:
                 code = _cmd_validate(config, plan, out)
             elif args.verb == "plan":
                 code = _cmd_plan(config, plan, out)
+            elif args.verb == "lock":
+                from .lockfile import job_entry
+
+                locks[plan.name] = job_entry(config, plan)
+                out.say(f"locked {plan.name}: {len(locks[plan.name]['ops'])} ops")
+                code = EXIT_OK
             else:
+                if args.locked:
+                    from .lockfile import check, lock_path
+
+                    check(config, plan, lock_path(found.root if found else None))
                 code, manifest = _cmd_build(config, plan, out)
                 if manifest:
                     rows.append(manifest)
@@ -418,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_errors(err, f"[{label}] " if label else "")
             code = EXIT_USER
         except YolobuildError as err:
-            print(f"error: {err}", file=sys.stderr)
+            for line in getattr(err, "lines", None) or [str(err)]:
+                print(f"error: {line}", file=sys.stderr)
             code = err.exit_code
         except OSError as exc:   # the machine in the way (disk full, permissions): one line, exit 4
             err = machine_error(exc, "writing the build")
@@ -432,6 +488,12 @@ def main(argv: list[str] | None = None) -> int:
         if code == EXIT_INTERRUPTED:
             return code
         worst = max(worst, code)
+    if args.verb == "lock" and worst == EXIT_OK:
+        from .lockfile import lock_path, write
+
+        path = lock_path(found.root if found else None)
+        write(locks, path)
+        out.say(f"wrote {path}")
     if rows:
         _summary(rows, out)
         for m in rows:  # a hand-off build ends saying what to run next, and where

@@ -79,3 +79,22 @@ def nearest(word: str, choices, n: int = 1) -> str:
 
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+class LockMismatch(YolobuildError):
+    """`build --locked`: the build would differ from the one yolobuild.lock pinned (before anything runs)."""
+
+    exit_code = EXIT_TOOLCHAIN
+
+    def __init__(self, lines: list[str]):
+        super().__init__(lines[0])
+        self.lines = lines
+
+
+class BuildFailed(YolobuildError):
+    """A build ran and failed (a toolchain, a parity or accuracy check); `result` holds its manifest."""
+
+    def __init__(self, message: str, result=None, exit_code: int = EXIT_TOOLCHAIN):
+        super().__init__(message)
+        self.result = result
+        self.exit_code = exit_code

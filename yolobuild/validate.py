@@ -393,3 +393,18 @@ def _with_backend_options(config: dict) -> tuple[dict, list[tuple[str, str]]]:
     options = backend_options.merged(decl, config["backend"]["options"])
     found += backend_options.problems(decl, options)
     return {**config, "backend": {**config["backend"], "options": options}}, found
+
+
+class _CallableModule(type(os)):
+    """`yolobuild.validate(recipe=..., ...)` is the Python API's validate (yolobuild.api): the package
+    attribute of that name is this module, so the module itself answers the call."""
+
+    def __call__(self, *args, **kwargs):
+        from .api import validate as api_validate
+
+        return api_validate(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

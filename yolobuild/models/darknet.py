@@ -282,7 +282,7 @@ def read_darknet(path: Path, layout: str, where: str) -> tuple[dict, dict[str, t
 
 
 def read_foreign(path: Path, layout: str, where: str):
-    """ops.model.read_weights hook: a Darknet .weights file -> (source, file_meta, state_dict); None otherwise.
+    """ops.checkpoint.read_weights hook: a Darknet .weights file -> (source, file_meta, state_dict); None otherwise.
 
     The class count follows from the file size; it is not put in file_meta (the file does not name it),
     so a file of another nc than the recipe's fails load_into's class-count check."""
@@ -300,7 +300,7 @@ _PORT_KEY = re.compile(r"module_list\.(\d+)\.(?:(conv_\d+|Conv2d)|(batch_norm_\d
 
 
 def convert_state_dict(obj, sd: dict[str, torch.Tensor], where: str):
-    """ops.model.read_weights hook: Darknet-numbered PyTorch ports' keys -> this module's; (sd, extra meta)."""
+    """ops.checkpoint.read_weights hook: Darknet-numbered PyTorch ports' keys -> this module's; (sd, extra meta)."""
     if not any(_PORT_KEY.fullmatch(k) for k in sd):
         return sd, {}
     idx = {int(_PORT_KEY.fullmatch(k).group(1)) for k in sd if _PORT_KEY.fullmatch(k)}
@@ -331,7 +331,7 @@ def convert_state_dict(obj, sd: dict[str, torch.Tensor], where: str):
 # --------------------------------------------------------------------------- inspect
 
 def inspect_foreign(path: Path) -> dict | None:
-    """ops.model.inspect_weights hook: what a Darknet .weights file holds, from its header and size."""
+    """ops.checkpoint.inspect_weights hook: what a Darknet .weights file holds, from its header and size."""
     path = Path(path)
     if not path.is_file() or not dc.looks_like_darknet(path):
         return None
@@ -358,7 +358,7 @@ def inspect_foreign(path: Path) -> dict | None:
 
 
 def guess_state_dict(sd: dict) -> str | None:
-    """ops.model._guess_arch hook: 'yolov3 (layout yolov3-tiny)' for a state_dict in this module's key layout."""
+    """ops.checkpoint._guess_arch hook: 'yolov3 (layout yolov3-tiny)' for a state_dict in this module's key layout."""
     if "detect.m.0.weight" not in sd or not any(k.startswith("module_list.") for k in sd):
         return None
     idx = {int(k.split(".")[1]) for k in sd if re.fullmatch(r"module_list\.\d+\.conv\.weight", k)}

@@ -390,7 +390,7 @@ def head_nc(sd: dict, na: int = 3) -> int | None:
 
 
 def guess_arch(sd: dict) -> str:
-    """'mmyolo-yolov5s (layout v61), nc=80' for an mmyolo YOLOv5 state_dict (ops.model._guess_arch)."""
+    """'mmyolo-yolov5s (layout v61), nc=80' for an mmyolo YOLOv5 state_dict (ops.checkpoint._guess_arch)."""
     scale = _scale_of(sd) or ""
     nc = head_nc(sd)
     return f"{FAMILY}{scale} (layout {LAYOUT}){f', nc={nc}' if nc and nc > 0 else ''}"

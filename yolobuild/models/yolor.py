@@ -460,7 +460,7 @@ def _layout_of(sd: dict) -> str | None:
 
 
 def guess_state_dict(sd: dict) -> str | None:
-    """ops.model._guess_arch hook: 'yolor (layout p6)' for a state_dict in this module's key layout."""
+    """ops.checkpoint._guess_arch hook: 'yolor (layout p6)' for a state_dict in this module's key layout."""
     if not any(_YOLOR_HEAD.fullmatch(k) for k in sd):
         return None
     layout = _layout_of(sd)
@@ -477,7 +477,7 @@ def _other_family(sd: dict) -> dict:
 
 
 def convert_state_dict(obj: Any, sd: dict, where: str) -> tuple[dict, dict]:
-    """ops.model.read_weights hook for plain state_dicts: a YOLOR (paper branch) one returns its layout, read
+    """ops.checkpoint.read_weights hook for plain state_dicts: a YOLOR (paper branch) one returns its layout, read
     from the IDetect widths; one of another family returns that family, so the loader names both. The class
     count is left to the loader's check against the recipe's."""
     if any(_YOLOR_HEAD.fullmatch(k) for k in sd):
