@@ -39,7 +39,9 @@ OP_KINDS: dict[str, OpKind] = {
     "reference": OpKind("yolobuild.ops.reference:reference", 1, ("torch",)),
     "check_parity": OpKind("yolobuild.ops.check:check_parity", 1, ("numpy",)),
     "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval")),
-    "package": OpKind("yolobuild.ops.package:package", 1, ()),
+    "package": OpKind("yolobuild.ops.package:package", 2, ("numpy", "pillow")),
+    # timing, cached like any result of the artifact and these tools (`yolobuild benchmark DIR` times afresh)
+    "benchmark": OpKind("yolobuild.ops.benchmark:benchmark", 1, ("onnxruntime", "openvino")),
     # hand-off builds: a generic int8 fake-quant of the exported ONNX on the host, labelled a preview
     "preview": OpKind("yolobuild.ops.preview:preview", 1, ("onnxruntime", "onnx", "numpy", "faster-coco-eval")),
 }
