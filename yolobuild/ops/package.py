@@ -79,11 +79,11 @@ def package(ctx: OpContext) -> None:
     post, sample_spec = {"conf_threshold": samples.DEPLOY_CONF, "iou_threshold": samples.DEPLOY_IOU,
                          "max_det": samples.MAX_DET, "class_aware": True}, None
     if "outputs" in ctx.inputs:   # golden samples from the outputs the checks were run on
-        expected, post = samples.write_samples(Path(ctx.inputs["outputs"]), Path(ctx.inputs["probe"]),
+        expected, post, tolerance = samples.write_samples(Path(ctx.inputs["outputs"]), Path(ctx.inputs["probe"]),
                                                Path(ctx.inputs["images"]), meta, p["head"], out / "samples",
                                                bool(meta.get("random")))
         (out / "samples" / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
-        sample_spec = {"folder": "samples", "expected": "samples/expected.json", "tolerance": samples.TOLERANCE,
+        sample_spec = {"folder": "samples", "expected": "samples/expected.json", "tolerance": tolerance,
                        "images": [e["file"] for e in expected["images"]]}
     deploy = describe.deploy_document(p, meta, model_path.name, copied, inputs, outputs, post, sample_spec)
     bundle.write_scripts(out, p.get("toolchain"))
