@@ -40,6 +40,6 @@ PATCHES: dict = {
     "mmyolo_truncate_head": {
         "function": "yolobuild.models.mmyolo:truncate_head", "verify_only": False,
         "what": "mmyolo YOLOv5HeadModule.forward returns the three raw convs_pred maps, no split into "
-                "cls / bbox / objectness (seed 003: vacc has no mmyolo post-processing)",
+                "cls / bbox / objectness (VastAI vacc has no mmyolo post-processing)",
     },
 }

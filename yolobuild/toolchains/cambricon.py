@@ -38,7 +38,7 @@ OPTIONS = {
 }
 
 SDK = ("Cambricon PyTorch (torch_mlu) 1.x on PyTorch 1.3 with Neuware / CNToolkit (CNML, CNRT 4.x), "
-       "as in seeds 001 and 004; the offline model runs with CNRT")
+       "the vendor's docker image; the offline model runs with CNRT")
 
 
 def _config_block(b: Bundle) -> str:

@@ -23,7 +23,7 @@ OPTIONS = {
     **ho.COMMON_OPTIONS,
 }
 
-SDK = "Sophgo tpu-nntc 3.x (bmnetp, ufw, bmnetu) for BM1684, torch 1.8 TorchScript (seed 000)"
+SDK = "Sophgo tpu-nntc 3.x (bmnetp, ufw, bmnetu) for BM1684, torch 1.8 TorchScript"
 
 
 def _flag(v: bool) -> str:
@@ -65,7 +65,7 @@ def render(b: Bundle) -> None:
     b.readme += [
         "## tpu-nntc notes", "",
         "- `model.torchscript.pt`: traced on the host, `Detect.forward` returning the three raw head convs "
-        "(seed 000); tpu-nntc reads TorchScript, not ONNX.",
+        "(what bmnetp compiles cleanly); tpu-nntc reads TorchScript, not ONNX.",
         (f"- FP32: `bmnetp` with --opt={o['opt']} --dyn={_flag(o['dyn'])} --cmp={_flag(o['cmp'])}." if b.precision == "fp32"
          else f"- INT8: `ufw.cali.cali_model` over `calib/images/` (images are letterboxed {b.height}x{b.width} already, so "
               f"resize is an identity; cv2 reads BGR, hence bgr2rgb=True; x * {b.scale:.9f}), then `bmnetu` on the "

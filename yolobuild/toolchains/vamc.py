@@ -30,7 +30,7 @@ OPTIONS = {
     **ho.COMMON_OPTIONS,
 }
 
-SDK = "vamc v3.0+ (or v2 with backend.options.vamc_version=2), vamp v2.4+, vaststreamx v2.8+ (seed 003)"
+SDK = "vamc v3.0+ (or v2 with backend.options.vamc_version=2), vamp v2.4+, vaststreamx v2.8+"
 
 
 def _anchor_numbers(meta: dict) -> list[float]:
@@ -148,7 +148,7 @@ def render(b: Bundle) -> None:
     b.readme += [
         "## VastAI notes", "",
         f"- `build.yaml` is for `vamc {'compile' if v3 else 'build'}`; the model is `model.onnx`, cut at the head "
-        f"convs as seed 003 cuts mmyolo's `YOLOv5HeadModule`. Outputs: {head}.",
+        f"convs (for mmyolo, `YOLOv5HeadModule` returns its raw convs_pred maps). Outputs: {head}.",
         "- `vdsp_params.json` is the VDSP preprocessing for vamp / vaststreamx (BGR888 in, letterbox, RGB, /255).",
         "- On a VA1 card: `bash benchmark.sh` (vamp throughput and latency; with `DATALIST=npz_datalist.txt` "
         "it also writes raw outputs to `npz_output/` for the accuracy check).", ""]
