@@ -312,3 +312,16 @@ def check_report_html(report: Path, tmp_path: Path) -> None:
     with Image.open(shot) as im:
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50, "the screenshot is blank"
+
+
+def test_board_only_artifacts_get_a_benchmark_script(tmp_path):
+    from yolobuild.deploy.bundle import write_scripts
+
+    for toolchain, board in (("rknn-toolkit2", True), ("tpu-mlir", True), ("onnxruntime", False)):
+        folder = tmp_path / toolchain
+        folder.mkdir()
+        write_scripts(folder, toolchain)
+        assert (folder / "infer.py").read_bytes() == TEMPLATE.read_bytes()   # the same tested file, not generated
+        assert (folder / "benchmark.sh").is_file() == board
+    script = (tmp_path / "tpu-mlir" / "benchmark.sh").read_text()
+    assert "bmrt_test --bmodel model.bmodel" in script and "infer.py --benchmark" in script
