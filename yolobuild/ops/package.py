@@ -9,7 +9,6 @@ from pathlib import Path
 from . import OpContext
 
 
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -79,9 +78,9 @@ def package(ctx: OpContext) -> None:
     post, sample_spec = {"conf_threshold": samples.DEPLOY_CONF, "iou_threshold": samples.DEPLOY_IOU,
                          "max_det": samples.MAX_DET, "class_aware": True}, None
     if "outputs" in ctx.inputs:   # golden samples from the outputs the checks were run on
-        expected, post, tolerance = samples.write_samples(Path(ctx.inputs["outputs"]), Path(ctx.inputs["probe"]),
-                                               Path(ctx.inputs["images"]), meta, p["head"], out / "samples",
-                                               bool(meta.get("random")))
+        expected, post, tolerance = samples.write_samples(
+            Path(ctx.inputs["outputs"]), Path(ctx.inputs["probe"]), Path(ctx.inputs["images"]), meta, p["head"],
+            out / "samples", bool(meta.get("random")))
         (out / "samples" / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
         sample_spec = {"folder": "samples", "expected": "samples/expected.json", "tolerance": tolerance,
                        "images": [e["file"] for e in expected["images"]]}
