@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, UserError, YolobuildError, machine_error, nearest
 
-VERBS = ("build", "validate", "plan", "lock", "toolchain", "inspect", "cache", "init", "schema", "check-recipes")
+VERBS = ("build", "validate", "plan", "lock", "toolchain", "inspect", "cache", "init", "schema", "check-recipes", "benchmark")
 REPO_COMMANDS = {"init": "cmd_init", "schema": "cmd_schema", "check-recipes": "cmd_check_recipes"}  # repo_cli
 
 HELP = """\
@@ -21,6 +21,7 @@ usage: yolobuild [build|validate|plan|lock] [KEY=VALUE ...] [--multirun] [--conf
        yolobuild toolchain list | install NAME [--force]
        yolobuild inspect model.weights=PATH|builtin:NAME [model.trust_checkpoint=true] [model.source.repo=DIR]
        yolobuild cache verify [--repair] [cache.dir=DIR] | gc [cache.max_size=SIZE] [cache.dir=DIR]
+       yolobuild benchmark BUILD_DIR [--runs N] [--warmup N] [--threads N]
 
 Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
 it through a content-addressed cache. With no arguments: the embedded demo (a YOLOv5n
@@ -42,6 +43,9 @@ verbs:
              bad ones, so the ops that made them run again; exit 3 when it finds a problem);
              gc: remove what no build reads again (killed builds' folders, unnamed objects, quarantine)
              and, with cache.max_size=20GB, the least recently used entries over that budget
+  benchmark  time a build's artifact on this machine's runtimes (ONNX Runtime, OpenVINO on the CPU): p50 / p90
+             latency, throughput, batch 1; recorded in manifest.benchmark and the reports (board-only artifacts:
+             deploy/benchmark.sh on the board)
   inspect    what a checkpoint holds: family, classes, strides, anchors, input size (imports torch;
              full pickles go through the restricted unpickler, no code from the file runs)
 
@@ -413,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "inspect":
         try:
             return _cmd_inspect(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
+    if argv and argv[0] == "benchmark":
+        from .deploy import benchmark_command
+
+        try:
+            return benchmark_command.run(argv[1:], Output().say)
         except UserError as err:
             _print_errors(err)
             return EXIT_USER

@@ -176,12 +176,13 @@ def next_step(manifest: Mapping, build_dir: Path, cache_root: Path | None = None
 def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, cache: Cache,
                   placed: dict[str, str], status: str, moved: dict[str, Path] | None = None) -> dict[str, Any]:
     """What the build did. Paths are relative to the build folder (`in: build`) or the cache root (`in: cache`)."""
-    parity, metrics = {}, {}
+    parity, metrics, benchmark = {}, {}, {}
     ops = []
     moved = moved or {}
     for rec in ex.records:
         parity.update(rec.results.get("parity", {}))
         metrics.update(rec.results.get("metrics", {}))
+        benchmark.update(rec.results.get("benchmark", {}))
         outputs = {}
         for name, out in rec.outputs.items():
             in_build = name in rec.op.final and placed.get(name) == out["sha256"]
@@ -204,6 +205,7 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
         "ops": ops,
         "parity": parity,
         "metrics": metrics,
+        "benchmark": benchmark,
         "error": str(ex.error) if ex.error else ("interrupted" if ex.interrupted else None),
         "kept_edits": [f"{name} holds your edits: it was left as it is and the new {name} was written beside it, "
                        f"to {path.relative_to(build_dir).as_posix()}" for name, path in sorted(moved.items())],
@@ -241,7 +243,7 @@ def _stage(build_dir: Path) -> Path:
     staging.mkdir(parents=True)
     if build_dir.is_dir():
         for entry in build_dir.iterdir():
-            if entry.name not in ("manifest.json", "plan.json", "report.md", ".lock"):
+            if entry.name not in ("manifest.json", "plan.json", "report.md", "report.html", ".lock"):
                 _link_tree(entry, staging / entry.name)
     return staging
 
@@ -283,6 +285,7 @@ def clean_abandoned_staging(build_dir: Path) -> None:
 
 def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None) -> BuildResult:
     from ..report import render_report
+    from ..report_html import render_html
 
     build_dir = build_dir_for(config, plan)
     cache = cache_for(config)
@@ -330,6 +333,7 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
             write_atomic(staging / "plan.json", plan_json(plan, fps, build_dir))
             write_atomic(staging / "manifest.json", json.dumps(manifest, indent=2))
             write_atomic(staging / "report.md", render_report(manifest))
+            write_atomic(staging / "report.html", render_html(manifest, staging))
             _swap(staging, build_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

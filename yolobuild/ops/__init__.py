@@ -51,7 +51,11 @@ OP_KINDS: dict[str, OpKind] = {
     "reference": OpKind("yolobuild.ops.reference:reference", 1, ("torch",), ("ops/reference.py",) + INPUTS + MODEL),
     "check_parity": OpKind("yolobuild.ops.check:check_parity", 1, ("numpy",), CHECKS),
     "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval"), CHECKS),
-    "package": OpKind("yolobuild.ops.package:package", 1, (), ("ops/package.py", "ops/export.py", "runtime")),
+    "package": OpKind("yolobuild.ops.package:package", 2, ("numpy", "pillow"),
+                      ("ops/package.py", "ops/export.py", "ops/check.py", "ops/inputs.py", "runtime", "deploy")),
+    # timing, cached like any result of the artifact and these tools (`yolobuild benchmark DIR` times afresh)
+    "benchmark": OpKind("yolobuild.ops.benchmark:benchmark", 1, ("onnxruntime", "openvino"),
+                        ("ops/benchmark.py", "deploy")),
     # hand-off builds: a generic int8 fake-quant of the exported ONNX on the host, labelled a preview
     "preview": OpKind("yolobuild.ops.preview:preview", 1, ("onnxruntime", "onnx", "numpy", "faster-coco-eval"),
                       ("ops/preview.py", "toolchains/onnxruntime/steps.py", "toolchains/onnxruntime/toolchain.yaml")

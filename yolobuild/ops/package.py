@@ -8,8 +8,6 @@ from pathlib import Path
 
 from . import OpContext
 
-DEPLOY_FORMAT = "yolobuild-deploy/1"
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -73,27 +71,19 @@ def package(ctx: OpContext) -> None:
         shape = [1, 3, h, w] if layout == "nchw_float32" else [1, h, w, 3]
         inputs = [{"name": INPUT_NAME, "shape": shape, "dtype": "float32" if layout == "nchw_float32" else "uint8"}]
         outputs = [{"name": n, "shape": None, "dtype": None} for n in output_names(p["head"], meta["strides"])]
-    deploy = {
-        "format": DEPLOY_FORMAT,
-        "model": {"file": model_path.name, "files": copied, "toolchain": p.get("toolchain"),
-                  "platform": p.get("platform"), "precision": p.get("precision"),
-                  "options": p.get("options") or {}},
-        "input": {**inputs[0], "layout": layout, "height": h, "width": w},
-        "preprocessing": {"resize": p.get("resize", "letterbox"), "color": p.get("color", "rgb"),
-                          "scale": p.get("scale"), "pad_value": p.get("pad_value"),
-                          "letterbox": "resize keeping aspect ratio, centre, pad; boxes map back as "
-                                       "(x - pad_x) / scale, (y - pad_y) / scale"},
-        "head": {"layout": p["head"], "outputs": outputs,
-                 "decode": {"raw": "per level (strides order): view (bs, na, 5+nc, ny, nx), sigmoid all; "
-                                   "xy = (2 s_xy - 0.5 + [col, row]) * stride; wh = (2 s_wh)^2 * anchors_px[level][a]; "
-                                   "then objectness, class scores",
-                            "split": "xy, wh in input pixels (centre, size); conf = objectness then class scores",
-                            "decoded": "(x, y, w, h, objectness, class scores...) in input pixels"}[p["head"]],
-                 "anchors_px": meta["anchors_px"], "strides": meta["strides"]},
-        "nc": meta["nc"],
-        "names": meta["names"],
-        "model_source": {k: meta.get(k) for k in ("family", "scale", "layout", "source", "random")},
-    }
+    from ..deploy import bundle, describe, samples
+
+    post, sample_spec = {"conf_threshold": samples.DEPLOY_CONF, "iou_threshold": samples.DEPLOY_IOU,
+                         "max_det": samples.MAX_DET, "class_aware": True}, None
+    if "outputs" in ctx.inputs:   # golden samples from the outputs the checks were run on
+        expected, post, tolerance = samples.write_samples(
+            Path(ctx.inputs["outputs"]), Path(ctx.inputs["probe"]), Path(ctx.inputs["images"]), meta, p["head"],
+            out / "samples", bool(meta.get("random")))
+        (out / "samples" / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+        sample_spec = {"folder": "samples", "expected": "samples/expected.json", "tolerance": tolerance,
+                       "images": [e["file"] for e in expected["images"]]}
+    deploy = describe.deploy_document(p, meta, model_path.name, copied, inputs, outputs, post, sample_spec)
+    bundle.write_scripts(out, p.get("toolchain"))
     (out / "deploy.json").write_text(json.dumps(deploy, indent=2) + "\n")
-    ctx.results.update({"files": sorted(copied) + ["deploy.json", "labels.txt"],
+    ctx.results.update({"files": sorted(f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file()),
                         "model_bytes": sum((out / f).stat().st_size for f in copied)})

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..compose import MISSING
+from ..deploy.describe import HOST_RUNNABLE
 from ..models.arch import family_patches
 from ..ops import OP_KINDS, code_paths
 from ..toolchains import registry
@@ -175,8 +176,17 @@ def lower(config: Mapping) -> Plan:
               final=("metrics.json",))
     b.add("package", "package", {**common, "toolchain": tc_name, "compiled": list(tc.compiled)},
           {"model": Ref("compile", tc.compiled[0]), "meta": Ref("load_model", "model.json"),
-           **{f"also:{name}": Ref("compile", name) for name in tc.compiled[1:]}}, ("deploy",),   # model.bin
-          final=("deploy",))
+           **{f"also:{name}": Ref("compile", name) for name in tc.compiled[1:]},   # model.bin beside model.xml
+           # golden samples: the checked outputs, the probe images' letterbox, the original images
+           "outputs": outputs_ref, "probe": Ref("prepare_inputs", "probe.npz"), "images": eval_ref},
+          ("deploy",), final=("deploy",))
+    if cfg["benchmark"]["enabled"] and tc_name in HOST_RUNNABLE:
+        # after the checks, so no other op shares the cores while it times the shipped artifact
+        after = {"parity": Ref("check_parity", "parity.json"),
+                 **({"metrics": Ref("evaluate", "metrics.json")} if evaluating else {})}
+        b.add("benchmark", "benchmark", {"runs": cfg["benchmark"]["runs"], "warmup": cfg["benchmark"]["warmup"],
+                                         "threads": cfg["benchmark"]["threads"]},
+              {"deploy": Ref("package", "deploy"), **after}, ("benchmark.json",), final=("benchmark.json",))
     return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="compiled",
                 notes=tuple(notes))
 

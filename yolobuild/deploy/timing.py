@@ -1,0 +1,93 @@
+"""Time a deploy folder's artifact on the runtimes this machine has: batch 1, after warm-up.
+
+ONNX Runtime on the CPU for .onnx files, OpenVINO on the CPU for IR (.xml) files and, where the
+openvino package is installed, for .onnx files too. The input is a letterboxed grey canvas shaped
+as deploy.json says: latency does not depend on pixel values.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _input(spec: dict) -> np.ndarray:
+    feed = spec["preprocessing"]["feed"]
+    h, w = spec["input"]["height"], spec["input"]["width"]
+    shape = (1, 3, h, w) if feed["layout"] == "nchw" else (1, h, w, 3)
+    return np.full(shape, 114 / 255.0 if feed["dtype"] == "float32" else 114, dtype=feed["dtype"])
+
+
+def _onnxruntime(model: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    used = threads or os.cpu_count() or 1   # ORT's default: one intra-op thread per core
+    return (lambda x: sess.run(None, {name: x})), used, f"onnxruntime {ort.__version__} CPUExecutionProvider"
+
+
+def _openvino(model: Path, threads: int):
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    compiled = core.compile_model(str(model), "CPU", config)
+    used = int(compiled.get_property("INFERENCE_NUM_THREADS") or 0) or threads or os.cpu_count() or 1
+    request = compiled.create_infer_request()
+    return (lambda x: request.infer([x])), used, f"openvino {ov.__version__} CPU"
+
+
+def runtimes_for(model: Path) -> dict:
+    """The runners this machine has for the artifact (name -> opener)."""
+    import importlib.util
+
+    found = {}
+    if model.suffix == ".onnx" and importlib.util.find_spec("onnxruntime"):
+        found["onnxruntime"] = _onnxruntime
+    if model.suffix in (".onnx", ".xml") and importlib.util.find_spec("openvino"):
+        found["openvino"] = _openvino
+    return found
+
+
+def measure(run, x: np.ndarray, runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    t = np.asarray(times)
+    return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+            "mean_ms": round(float(t.mean()), 3), "throughput_ips": round(1000.0 / float(t.mean()), 2),
+            "runs": runs, "warmup": warmup, "batch": 1}
+
+
+def benchmark_deploy(deploy_dir: Path, runs: int = 30, warmup: int = 5, threads: int = 0,
+                     only: tuple[str, ...] | None = None) -> dict:
+    """{"machine": ..., "runtimes": {name: figures}} for the deploy folder's artifact."""
+    spec = json.loads((deploy_dir / "deploy.json").read_text())
+    model = deploy_dir / spec["model"]["file"]
+    x = _input(spec)
+    results = {}
+    for name, opener in runtimes_for(model).items():
+        if only and name not in only:
+            continue
+        try:
+            run, used, what = opener(model, threads)
+            results[name] = {**measure(run, x, runs, warmup), "threads": used, "runtime": what}
+        except Exception as exc:   # one runtime refusing the artifact does not hide the others' figures
+            results[name] = {"error": f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"}
+    return {"model": spec["model"]["file"], "precision": spec["model"].get("precision"),
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "system": platform.system()},
+            "runtimes": results}
