@@ -288,3 +288,16 @@ def test_version_and_inspect_builtin():
     assert "family:      yolov5" in out and '["circle", "square", "triangle"]' in out
     code, _, err = cli_in_process("inspect", "model.weights=builtin:demo")
     assert code == 2 and "builtin:demo-yolov5n-shapes" in err
+
+
+def test_a_recipe_that_sets_the_workspace_keeps_it_inside_a_repo(tmp_path):
+    """The marker's defaults replace the shipped defaults, not what a recipe file says."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert run_cli("init", "--name", "helmet", cwd=tmp_path, env=ENV).returncode == 0
+    (tmp_path / "deploy" / "recipe" / "own.yaml").write_text(
+        "# @package _global_\ndefaults: [helmet, _self_]\nrecipe: own\nworkspace: {path: elsewhere}\n")
+    (tmp_path / "sub").mkdir()
+    r = run_cli("plan", "recipe=own", cwd=tmp_path / "sub", env=ENV)
+    assert r.returncode == 0 and "elsewhere/own_onnxruntime_fp32_640x640" in r.stdout, r.stdout + r.stderr
+    r = run_cli("plan", "recipe=helmet", cwd=tmp_path / "sub", env=ENV)
+    assert r.returncode == 0 and str(tmp_path / "yolobuild-out" / "helmet_onnxruntime") in r.stdout, r.stdout

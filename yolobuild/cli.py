@@ -163,7 +163,8 @@ def _jobs(args: Args) -> list[list[str]]:
         if any(_has_sweep(o) or "(" in o for o in args.overrides):  # range()/choice() sweeps too
             from .compose import parse_overrides
 
-            sweeps = [o.input_line for o in parse_overrides(args.overrides) if o.is_sweep_override()]
+            typed = [o for o in args.overrides if not o.startswith("repo-default:")]
+            sweeps = [o.input_line for o in parse_overrides(typed) if o.is_sweep_override()]
             if sweeps:
                 raise UserError(f"{sweeps[0]}: a sweep needs --multirun (command line)")
         return [args.overrides]

@@ -159,7 +159,9 @@ def expand_sweep(overrides) -> list[list[str]]:
     """`--multirun` overrides -> one override list per job, using Hydra's sweep grammar."""
     import itertools
 
-    fixed, axes = [], []
+    fixed = [o for o in overrides if o.startswith(REPO_DEFAULT)]   # a model repo's defaults: never swept
+    overrides = [o for o in overrides if not o.startswith(REPO_DEFAULT)]
+    axes = []
     for ov in parse_overrides(overrides):
         key = ov.get_key_element()
         if ov.is_sweep_override():
@@ -304,6 +306,26 @@ def _remember_env_values(resolved: dict, reads: dict[str, list[str]]) -> None:
         remember(values.get(key.rstrip("[]")), names[0])
 
 
+# `repo-default:KEY=VALUE`: a model repo's default (yolobuild.yaml) that replaces the shipped default only,
+# so a recipe file that sets KEY keeps its value (a plain override would beat the recipe)
+REPO_DEFAULT = "repo-default:"
+
+
+def _apply_repo_defaults(resolved: dict, repo_defaults: list[str]) -> None:
+    import yaml
+
+    shipped = flatten(yaml.safe_load((RECIPES_DIR / f"{PRIMARY}.yaml").read_text()) or {})
+    for item in repo_defaults:
+        ov = parse_overrides([item])[0]
+        key, value = ov.key_or_group, ov.value()
+        parts = key.split(".")
+        node = resolved
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if node.get(parts[-1]) == shipped.get(key):
+            node[parts[-1]] = value
+
+
 def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
     """Compose the config for one job. Raises UserError with one line per problem."""
     from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
@@ -314,7 +336,8 @@ def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
         if not Path(d).is_dir():
             raise UserError(f"--config-dir: {d} is not a folder (command line)")
     check_yaml_files(config_dirs)
-    overrides = [_alias(o) for o in overrides]
+    repo_defaults = [o[len(REPO_DEFAULT):] for o in overrides if o.startswith(REPO_DEFAULT)]
+    overrides = [_alias(o) for o in overrides if not o.startswith(REPO_DEFAULT)]
     _check_group_choices(overrides, config_dirs)
     loader = _loader(config_dirs)
     try:
@@ -333,6 +356,7 @@ def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
     except OmegaConfBaseException:
         resolved, unresolved = _resolve_leniently(plain)
     _remember_env_values(resolved, reads)
+    _apply_repo_defaults(resolved, repo_defaults)
     return Composed(config=resolved, overrides=tuple(overrides),
                     config_dirs=tuple(Path(d).resolve() for d in config_dirs), choices=choices,
                     unresolved=unresolved)

@@ -98,17 +98,20 @@ def _sets(overrides, key: str) -> bool:
 def apply(repo: Repo | None, config_dirs: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
     """(config folders, overrides) with the repo's folder and defaults; --config-dir and the command line win.
 
-    The repo's defaults go first in the override list, so a key typed on the command line replaces them."""
+    The repo's defaults go first in the override list (as `repo-default:` entries, which compose applies
+    where the recipe left the shipped default), and a key typed on the command line replaces them."""
     if repo is None:
         return list(config_dirs), list(overrides)
     dirs = list(config_dirs)
     if not dirs and repo.config_dir.is_dir():
         dirs = [str(repo.config_dir)]
-    defaults = []
+    from .compose import REPO_DEFAULT
+
+    defaults = []   # they replace the shipped defaults only: a recipe file that sets them keeps its value
     if not _sets(overrides, "workspace.path"):
-        defaults.append(f"workspace.path={_quoted(repo.workspace)}")
+        defaults.append(f"{REPO_DEFAULT}workspace.path={_quoted(repo.workspace)}")
     if repo.cache is not None and not _sets(overrides, "cache.dir"):
-        defaults.append(f"cache.dir={_quoted(repo.cache)}")
+        defaults.append(f"{REPO_DEFAULT}cache.dir={_quoted(repo.cache)}")
     return dirs, defaults + list(overrides)
 
 
