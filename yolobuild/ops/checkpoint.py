@@ -237,7 +237,8 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str, what: s
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in filled.items()}, strict=True)
 
 
-def read_weights(path, family: str, layout: str, trust: bool = False, source_repo=None) -> tuple[str, dict, dict]:
+def read_weights(path, family: str, layout: str, trust: bool = False, source_repo=None,
+                 cfg: str | None = None) -> tuple[str, dict, dict]:
     """Any weight file a user has -> (source, file metadata, fp32 state_dict in yolobuild's key layout).
 
     Plain state_dicts, yolobuild checkpoints, upstream full pickles (restricted unpickler) and,
@@ -249,7 +250,7 @@ def read_weights(path, family: str, layout: str, trust: bool = False, source_rep
     mod = family_module(family)
     foreign = getattr(mod, "read_foreign", None)
     if foreign is not None:
-        got = foreign(Path(path), layout, where)
+        got = foreign(Path(path), layout, where, **({"cfg": cfg} if cfg else {}))
         if got is not None:
             return got
     if Path(path).suffix.lower() == ".weights":

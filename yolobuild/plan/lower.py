@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from ..compose import MISSING
 from ..models.arch import family_patches
+from ..models.darknet_cfg import user_cfg
 from ..ops import OP_KINDS, code_paths
 from ..toolchains import registry
 from ..validate import ASSETS_DIR, BUILTIN_PREFIX, thaw
@@ -92,12 +93,18 @@ def lower(config: Mapping) -> Plan:
     # -- model: load, patch, export ---------------------------------------------------------------
     w = weights_ref(model["weights"])
     patches = effective_patches(cfg)
+    model_inputs = {"weights": w} if w else {}
+    cfg_file, cfg_note = user_cfg(model.get("cfg"), model["weights"]) if model["family"] == "yolov3" else (None, None)
+    if cfg_file is not None:        # a Darknet model built from the user's cfg: the cfg keys load_model too
+        model_inputs["cfg"] = Ref(path=str(cfg_file.resolve()))
+    if cfg_note:
+        notes.append(cfg_note)
     b.add("load_model", "load_model",
           {"family": model["family"], "scale": model["scale"], "layout": model["layout"], "nc": model["nc"],
            "names": model["names"], "anchors": model["anchors"], "random": model["weights"] == "random",
            "seed": 0, "trust_checkpoint": model["trust_checkpoint"],
            **({"source_repo": model["source"]["repo"]} if (model.get("source") or {}).get("repo") else {})},
-          {"weights": w} if w else {}, ("model.pt", "model.json"), final=("model.json",))
+          model_inputs, ("model.pt", "model.json"), final=("model.json",))
     b.add("patch", "patch",
           {"head": cfg["graph"]["head"], "patches": patches, "fuse": cfg["graph"]["fuse"], **size},
           {"model": Ref("load_model", "model.pt")}, ("patched.pt",))
