@@ -136,6 +136,32 @@ def ultralytics_case(name, cfg):
 
 
 ultralytics_case("yolov8n", "yolov8n.yaml")
+ultralytics_case("yolo11n", "yolo11n.yaml")
+ultralytics_case("yolo26n", "yolo26n.yaml")
+
+
+def one2one_refs(name):
+    """YOLO26: the one-to-one branch's decoded rows (what inference runs) and the end-to-end top-k output,
+    both from upstream's own Detect code on the checkpoint just written."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model = load_checkpoint(OUT / cases[name]["file"], device="cpu")[0].float().eval()
+    det = model.model[-1]
+    feats = []
+    hook = det.register_forward_pre_hook(lambda m, inp: feats.append(inp[0]))
+    with torch.no_grad():
+        model(x)
+        hook.remove()
+        rows = det._inference(det.forward_head(feats[0], det.one2one_cv2, det.one2one_cv3))
+        det.end2end = True
+        det.max_det = 50
+        topk = model(x)[0]
+    refs[f"{name}_one2one"] = rows.numpy()
+    refs[f"{name}_topk"] = topk.numpy()
+    cases[name]["one2one"] = f"{name}_one2one"
+
+
+one2one_refs("yolo26n")
 
 
 np.savez(OUT / "refs.npz", **refs)
