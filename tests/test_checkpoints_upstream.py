@@ -92,7 +92,10 @@ def test_upstream_is_not_importable_here():
 
 
 RECIPE = {"yolov5n_pip": ("yolov5", "n", "v6"), "yolov5n_checkout": ("yolov5", "n", "v6"),
-          "yolov5s6_checkout_v60": ("yolov5", "s", "p6"), "yolov8n": ("yolov8", "n", "v8")}
+          "yolov5s6_checkout_v60": ("yolov5", "s", "p6"), "yolov8n": ("yolov8", "n", "v8"),
+          "yolo11n": ("yolo11", "n", "11"), "yolo26n": ("yolo26", "n", "26"),
+          "yolov8s_multiples": ("yolov8", "s", "v8"), "yolov8_custom": ("yolov8", "n", "v8"),
+          "yolo11_custom": ("yolo11", "n", "11")}
 
 
 def _load(tmp_path, ref_dir, case, file=None, **kw):
@@ -104,7 +107,8 @@ def _load(tmp_path, ref_dir, case, file=None, **kw):
                   ["model.pt", "model.json"])
 
 
-@pytest.mark.parametrize("case", ["yolov5n_pip", "yolov5n_checkout", "yolov5s6_checkout_v60", "yolov8n"])
+@pytest.mark.parametrize("case", ["yolov5n_pip", "yolov5n_checkout", "yolov5s6_checkout_v60", "yolov8n", "yolo11n",
+                                  "yolo26n", "yolov8s_multiples", "yolov8_custom", "yolo11_custom"])
 def test_loads_upstream_checkpoint_and_reproduces_upstream_outputs(tmp_path, upstream_refs, case):
     from yolobuild.ops.building import load_checkpoint
 
@@ -122,14 +126,14 @@ def test_loads_upstream_checkpoint_and_reproduces_upstream_outputs(tmp_path, ups
     _, model = load_checkpoint(outs["model.pt"])
     with torch.no_grad():
         got = model(torch.from_numpy(refs["input"])).numpy()
-    want = refs[case]
+    want = refs[c.get("one2one", case)]     # YOLO26: upstream's one-to-one branch, decoded by upstream
     if meta["head_kind"] == "anchor_free":
         want = want.transpose(0, 2, 1)          # upstream (bs, 4+nc, N) -> yolobuild (bs, N, 4+nc)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["yolov5n_checkout", "yolov8n"])     # P6 export: same head code, 4 levels
+@pytest.mark.parametrize("case", ["yolov5n_checkout", "yolov8n", "yolo11n", "yolo26n"])  # P6: same head, 4 levels
 @pytest.mark.parametrize("head", ["raw", "split", "decoded"])
 def test_export_parity_with_upstream_outputs(tmp_path, upstream_refs, case, head):
     ref_dir, cases = upstream_refs
@@ -145,12 +149,32 @@ def test_export_parity_with_upstream_outputs(tmp_path, upstream_refs, case, head
     refs = np.load(ref_dir / "refs.npz")
     x = refs["input"][:1]
     got = to_decoded(sess.run(None, {"images": x}), head, meta)
-    want = refs[case][:1]
+    want = refs[cases[case].get("one2one", case)][:1]
     if meta["head_kind"] == "anchor_free":
         want = want.transpose(0, 2, 1)
     for name, f in fields(want, meta).items():
         assert cosine(fields(got, meta)[name], f) >= 0.99999, name
     assert_same_detections(got, want, meta)
+
+
+def test_ultralytics_size_from_the_yaml_multiples_or_the_shapes(tmp_path, upstream_refs):
+    """depth/width multiples without `scale` name yolov8s; multiples of no named scale build from the yaml;
+    a state_dict without any yaml is recognised from its layer shapes."""
+    ref_dir, cases = upstream_refs
+    _, res = _load(tmp_path, ref_dir, "yolov8s_multiples", cases["yolov8s_multiples"]["file"])
+    assert res["scale"] == "s"
+    _, res = _load(tmp_path, ref_dir, "yolov8_custom", cases["yolov8_custom"]["file"])
+    assert res["scale"] is None
+    with pytest.raises(UserError, match=r"the file looks like yolo11n \(layout 11\), nc=3$"):
+        _load(tmp_path, ref_dir, "yolo11n", "yolo11n_state_dict.pt", scale="s", nc=3)
+    outs, _ = _load(tmp_path, ref_dir, "yolo11n", "yolo11n_state_dict.pt", nc=3)
+    refs = np.load(ref_dir / "refs.npz")
+    from yolobuild.ops.building import load_checkpoint
+
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    np.testing.assert_allclose(got, refs["yolo11n"].transpose(0, 2, 1), rtol=1e-5, atol=1e-4)
 
 
 def test_ultralytics_last_pt_with_optimizer_state(tmp_path, upstream_refs):

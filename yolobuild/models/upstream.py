@@ -167,7 +167,7 @@ def scale_from_shapes(sd: dict) -> tuple[str, str, str] | None:
 
     for family, (layouts, scales) in ULTRALYTICS_FAMILIES.items():
         for layout, table in layouts.items():
-            if len({int(k.split(".")[1]) for k in sd if k.startswith("model.")}) != len(table):
+            if max((int(k.split(".")[1]) for k in sd if k.startswith("model.")), default=-1) != len(table) - 1:
                 continue
             if (f"model.{len(table) - 1}.one2one_cv2.0.0.conv.weight" in sd) != (family == "yolo26"):
                 continue

@@ -165,6 +165,13 @@ def _guess_arch(sd: dict[str, torch.Tensor], nc_only: bool = False) -> str:
         from ..models.mmyolo import guess_arch as _mmyolo_guess
 
         return _mmyolo_guess(sd)
+    if not nc_only and any(k.startswith("model.") and ".cv3." in k for k in sd):   # ultralytics detect layouts
+        from ..models.upstream import scale_from_shapes
+
+        found = scale_from_shapes(sd)
+        if found:
+            nc = _file_nc(sd)
+            return f"{found[0]}{found[2]} (layout {found[1]}){f', nc={nc}' if nc else ''}"
     if not nc_only and any(k.endswith(".dfl.conv.weight") for k in sd):
         stem = sd.get("model.0.conv.weight")
         scale = next((s for s, (_, w, mc) in arch.YOLOV8_SCALES.items()
