@@ -124,6 +124,11 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
                             "upstream": cls, "input_size": None}
     if family != "yolov5" and multiples is not None:
         meta["multiples"] = multiples
+    if family in ("yolo11", "yolo26"):
+        sppf = [m for m in model.modules() if upstream_name(m).endswith(".SPPF")]
+        act = getattr(getattr(sppf[0], "cv1", None), "act", None) if sppf else None
+        if act is not None:     # which SPPF the writing ultralytics version built (see models.yolo11.build)
+            meta["arch_options"] = {"sppf_act": not upstream_name(act).endswith("Identity")}
     if family == "yolov5" and head is not None and "anchors" in head._buffers and strides:
         a = head._buffers["anchors"].float()
         px = (a * a.new_tensor(strides).view(-1, 1, 1)).view(a.shape[0], -1)

@@ -83,8 +83,10 @@ class Attention(nn.Module):
         kd, hd = self.key_dim, self.head_dim
         qkv = self.qkv(x).view(b, self.num_heads, 2 * kd + hd, h * w)
         q, k, v = qkv[:, :, :kd], qkv[:, :, kd:2 * kd], qkv[:, :, 2 * kd:]
+        # softmax(Q K^T * scale) V with positions as rows, the form compilers fuse into one attention op
+        # (rknn-toolkit2's fuse rule fails on the V @ W^T form)
         weights = (q.transpose(-2, -1) * self.scale @ k).softmax(dim=-1)          # (b, heads, N, N)
-        y = (v @ weights.transpose(-2, -1)).view(b, c, h, w)
+        y = (weights @ v.transpose(-2, -1)).transpose(-2, -1).reshape(b, c, h, w)
         return self.proj(y + self.pe(v.reshape(b, c, h, w)))
 
 
@@ -205,7 +207,8 @@ LAYOUTS = {"11": ("yolo11", YOLO11_LAYOUTS["11"], YOLO11_SCALES), "26": ("yolo26
 class DetectionModel(SequentialDetector):
     """Sequential YOLO11 / YOLO26 graph from the layer table, a named scale or explicit multiples."""
 
-    def __init__(self, scale: str | None = "n", nc: int = 80, layout: str = "11", multiples=None, ch: int = 3):
+    def __init__(self, scale: str | None = "n", nc: int = 80, layout: str = "11", multiples=None, ch: int = 3,
+                 sppf_act: bool | None = None):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
@@ -218,7 +221,7 @@ class DetectionModel(SequentialDetector):
         head = HEAD_OPTIONS[family]
         self.yaml = {"scale": scale, "nc": nc, "layout": layout, "multiples": list(multiples)}
         self.model, self.save = self._build(table, depth, width, math.inf if max_channels is None else max_channels,
-                                            scale, nc, ch, head["reg_max"], head["end2end"])
+                                            scale, nc, ch, head["reg_max"], head["end2end"], sppf_act)
         detect = self.model[-1]
         probe = 256
         detect.stride = torch.ones(detect.nl)
@@ -233,7 +236,7 @@ class DetectionModel(SequentialDetector):
         self.train()
 
     @staticmethod
-    def _build(table, depth, width, max_channels, scale, nc, ch_in, reg_max, end2end):
+    def _build(table, depth, width, max_channels, scale, nc, ch_in, reg_max, end2end, sppf_act=None):
         types = {"Conv": Conv, "C3k2": C3k2, "C2PSA": C2PSA, "SPPF": SPPF, "Concat": Concat,
                  "nn.Upsample": nn.Upsample, "Detect": Detect}
         layers, save, ch = [], [], [ch_in]
@@ -247,7 +250,7 @@ class DetectionModel(SequentialDetector):
                 if type_name == "C3k2" and scale in ("m", "l", "x"):    # upstream reads the scale's name here
                     extra[0:1] = [True]
                 if type_name == "SPPF":           # k, n, shortcut; rows that predate YOLO26 keep cv1's activation
-                    extra = extra + [5, 3, False][len(extra):] + [len(args) <= 2]
+                    extra = extra + [5, 3, False][len(extra):] + [len(args) <= 2 if sppf_act is None else sppf_act]
                 args = [ch[f], c2, *extra]
                 if type_name in REPEATED:
                     args.insert(2, n)
@@ -276,6 +279,11 @@ class DetectionModel(SequentialDetector):
                 b[-1].bias.data[: d.nc] = math.log(5 / d.nc / (640 / s) ** 2)
 
 
-def build(scale: str | None = "n", layout: str = "11", nc: int = 80, anchors=None, multiples=None) -> DetectionModel:
-    """The family-table entry point for yolo11 and yolo26 (models.arch.FAMILIES[...]['module'])."""
-    return DetectionModel(scale=scale, nc=nc, layout=layout, multiples=multiples)
+def build(scale: str | None = "n", layout: str = "11", nc: int = 80, anchors=None, multiples=None,
+          sppf_act: bool | None = None) -> DetectionModel:
+    """The family-table entry point for yolo11 and yolo26 (models.arch.FAMILIES[...]['module']).
+
+    `sppf_act`: whether SPPF's first conv has its activation. ultralytics up to about 8.4.3x built
+    every SPPF without it; later versions give it back to the rows that predate YOLO26, so a
+    checkpoint's own modules say which (models.upstream reads them)."""
+    return DetectionModel(scale=scale, nc=nc, layout=layout, multiples=multiples, sppf_act=sppf_act)

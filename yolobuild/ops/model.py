@@ -97,6 +97,8 @@ def load_model(ctx: OpContext) -> None:
             meta["input_size"] = [int(v) for v in file_meta["input_size"]]
         if file_meta.get("syncbn"):
             meta["syncbn"] = file_meta["syncbn"]
+        if file_meta.get("arch_options"):
+            meta["arch_options"] = dict(file_meta["arch_options"])
         if file_meta.get("multiples"):    # a yaml whose depth / width match no named scale: built from them
             meta["multiples"], meta["scale"] = list(file_meta["multiples"]), None
             ctx.log(f"load_model: the checkpoint's yaml gives depth, width, max_channels {file_meta['multiples']}, "
