@@ -223,6 +223,61 @@ def test_real_trained_checkpoints_reproduce_upstream(tmp_path, real_checkpoints,
     np.testing.assert_allclose(got, refs[f"ckpt{index}"].transpose(0, 2, 1), rtol=1e-5, atol=2e-4)
 
 
+@pytest.fixture(scope="session")
+def yolov7_refs(upstream_refs):
+    """A YOLOv7-tiny checkpoint in the original repo's train.py layout, written by the yolov7 code that the
+    `yolov7detect` sdist carries (WongKinYiu/yolov7's models/ and utils/, used from the unpacked sdist)."""
+    import tarfile
+
+    venv = upstream_refs[0].parent
+    py, out = venv / "bin" / "python", venv / "yolov7"
+    if not (out / "refs" / "case.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        for args in (["download", "-q", "--no-deps", "--no-binary", ":all:", "yolov7detect==1.0.1", "-d", str(out)],
+                     ["install", "-q", "scipy"]):
+            r = subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True, timeout=300)
+            if r.returncode:
+                pytest.skip(f"pip {args[0]} failed: {r.stderr.strip().splitlines()[-1:]}")
+        with tarfile.open(next(out.glob("yolov7detect-*.tar.gz"))) as t:
+            t.extractall(out, filter="data")
+        src = next(out.glob("yolov7detect-*/"))
+        env = {**_env(venv / "cfg"), "PYTHONPATH": f"{src}{os.pathsep}{HERE / 'stubs'}"}
+        r = subprocess.run([str(py), str(HERE / "make_refs_yolov7.py"), str(HERE / "yolov7-tiny.yaml"),
+                            str(out / "refs")], capture_output=True, text=True, timeout=600, env=env, cwd=str(venv))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return out / "refs"
+
+
+def test_yolov7_tiny_checkpoint_reproduces_upstream(tmp_path, yolov7_refs):
+    from yolobuild.ops.building import load_checkpoint
+
+    case = json.loads((yolov7_refs / "case.json").read_text())
+    p = dict(family="yolov7", scale=None, layout="yolov7-tiny", nc=80, names=None, anchors=None, random=False,
+             seed=0, trust_checkpoint=False)
+    outs, res = run_op("load_model", tmp_path / "l", p, {"weights": yolov7_refs / "yolov7-tiny.pt"},
+                       ["model.pt", "model.json"])
+    meta = json.loads(outs["model.json"].read_text())
+    assert res["source"] == "upstream:models.yolo.Model" and meta["nc"] == 3 and meta["strides"] == case["strides"]
+    np.testing.assert_allclose(np.array(meta["anchors_px"]).reshape(3, -1), case["anchors_px"], atol=1e-3)
+    refs = np.load(yolov7_refs / "refs.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    np.testing.assert_allclose(got, refs["output"], rtol=1e-5, atol=1e-4)
+    for head in ("raw", "decoded"):     # the exported ONNX decodes to upstream's output
+        pt, _ = run_op("patch", tmp_path / head, dict(head=head, patches=["no_inplace_slice", "anchors_as_constants"],
+                                                      fuse=True, height=128, width=128),
+                       {"model": outs["model.pt"]}, ["patched.pt", "patch_check.json"])
+        e, _ = run_op("export_onnx", tmp_path / f"e{head}", dict(opset=13, head=head, batch=1, height=128, width=128),
+                      {"model": pt["patched.pt"]}, ["model.onnx"])
+        sess = ort.InferenceSession(str(e["model.onnx"]), providers=["CPUExecutionProvider"])
+        got = to_decoded(sess.run(None, {"images": refs["input"][:1]}), head, meta)
+        for name, f in fields(refs["output"][:1], meta).items():
+            assert cosine(fields(got, meta)[name], f) >= 0.99999, (head, name)
+        assert_same_detections(got, refs["output"][:1], meta)
+
+
 def test_ultralytics_last_pt_with_optimizer_state(tmp_path, upstream_refs):
     ref_dir, cases = upstream_refs
     outs, res = _load(tmp_path, ref_dir, "yolov8n", cases["yolov8n"]["last"])

@@ -185,9 +185,9 @@ FAMILIES = {
 
 
 # Families written in their own modules (one file each, torch-free): their rows join the table here.
-from . import darknet_arch, mmyolo_arch, ultralytics_arch, yolor_arch  # noqa: E402
+from . import darknet_arch, mmyolo_arch, ultralytics_arch, yolor_arch, yolov7_arch  # noqa: E402
 
-for _extra in (darknet_arch, yolor_arch, mmyolo_arch, ultralytics_arch):
+for _extra in (darknet_arch, yolor_arch, mmyolo_arch, ultralytics_arch, yolov7_arch):
     FAMILIES.update(_extra.FAMILIES)
 
 

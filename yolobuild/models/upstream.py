@@ -97,8 +97,13 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     head_cls = upstream_name(head) if head is not None else "?"
     multiples = None
     if cls in YOLOV5_MODEL_CLASSES:
-        if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOR (paper branch): models.yolor reads it
+        if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOv7 or YOLOR (paper branch), by the yaml's layers
             from .yolor import describe_yolor
+            from .yolov7 import describe_yolov7
+
+            got = describe_yolov7(container, model, where)
+            if got is not None:
+                return got
 
             return describe_yolor(container, model, where)
         family = "yolov5"

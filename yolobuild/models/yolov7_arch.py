@@ -1,0 +1,59 @@
+"""YOLOv7-tiny (WongKinYiu/yolov7): the family-table row and layer table, torch-free.
+
+The tiny model is ELAN blocks of LeakyReLU(0.1) convolutions joined by Concat, 2x2 max-pools (MP)
+between stages, an SPP of stride-1 pools (SP) and YOLOR's IDetect head (ImplicitA / ImplicitM around
+each output conv, YOLOv5's decode). The table is generated from that structure, so each row reads as
+the upstream cfg/training/yolov7-tiny.yaml row of the same index.
+"""
+
+YOLOV7_TINY_ANCHORS = [
+    [9, 6, 13, 16, 29, 11],
+    [29, 28, 66, 26, 51, 62],
+    [115, 54, 134, 119, 308, 147],
+]
+LEAKY = "nn.LeakyReLU(0.1)"
+
+
+def _conv(f, c, k=1, s=1):
+    return [f, 1, "Conv", [c, k, s, None, 1, LEAKY]]
+
+
+def _elan(c):
+    """Two 1x1 branches, two 3x3 convs on the second, all four joined and mixed by a 1x1 conv (2c out)."""
+    return [_conv(-1, c), _conv(-2, c), _conv(-1, c, 3), _conv(-1, c, 3), [[-1, -2, -3, -4], 1, "Concat", [1]],
+            _conv(-1, 2 * c)]
+
+
+def tiny_table() -> list:
+    rows = [_conv(-1, 32, 3, 2), _conv(-1, 64, 3, 2)] + _elan(32)                       # 0..7
+    for c in (64, 128, 256):                                                           # 8..28
+        rows += [[-1, 1, "MP", []]] + _elan(c)
+    rows += [_conv(-1, 256), _conv(-2, 256), [-1, 1, "SP", [5]], [-2, 1, "SP", [9]], [-3, 1, "SP", [13]],
+             [[-1, -2, -3, -4], 1, "Concat", [1]], _conv(-1, 256), [[-1, -7], 1, "Concat", [1]],
+             _conv(-1, 256)]                                                           # 29..37
+    rows += [_conv(-1, 128), [-1, 1, "nn.Upsample", [None, 2, "nearest"]], _conv(21, 128),
+             [[-1, -2], 1, "Concat", [1]]] + _elan(64)                                # 38..47
+    rows += [_conv(-1, 64), [-1, 1, "nn.Upsample", [None, 2, "nearest"]], _conv(14, 64),
+             [[-1, -2], 1, "Concat", [1]]] + _elan(32)                                # 48..57
+    rows += [_conv(-1, 128, 3, 2), [[-1, 47], 1, "Concat", [1]]] + _elan(64)          # 58..65
+    rows += [_conv(-1, 256, 3, 2), [[-1, 37], 1, "Concat", [1]]] + _elan(128)         # 66..73
+    rows += [_conv(57, 128, 3), _conv(65, 256, 3), _conv(73, 512, 3),
+             [[74, 75, 76], 1, "IDetect", ["nc", "anchors"]]]                          # 74..77
+    return rows
+
+
+YOLOV7_LAYOUTS = {"yolov7-tiny": tiny_table()}
+YOLOV7_BACKBONE_ROWS = {"yolov7-tiny": 29}
+
+FAMILIES: dict = {
+    "yolov7": {
+        "module": "yolobuild.models.yolov7",
+        # IDetect decodes like YOLOv5's Detect once ImplicitA / ImplicitM are applied: host decode "yolov5"
+        "head": "anchor_based", "decode": "yolov5",
+        "scales": (None,),
+        "layouts": {"yolov7-tiny": {"strides": [8, 16, 32], "anchors": YOLOV7_TINY_ANCHORS,
+                                    "what": "YOLOv7-tiny (ELAN, LeakyReLU, IDetect)"}},
+        "recipe_prefix": "yolov7",
+    },
+}
+PATCHES: dict = {}
