@@ -157,6 +157,24 @@ def test_export_parity_with_upstream_outputs(tmp_path, upstream_refs, case, head
     assert_same_detections(got, want, meta)
 
 
+def test_yolo26_topk_output_matches_upstream_end2end(tmp_path, upstream_refs):
+    """YOLO26's NMS-free output (max_det rows of x1, y1, x2, y2, score, class) as upstream's end2end head gives it."""
+    from yolobuild.ops.building import load_checkpoint
+
+    ref_dir, cases = upstream_refs
+    outs, _ = _load(tmp_path, ref_dir, "yolo26n", cases["yolo26n"]["file"])
+    _, model = load_checkpoint(outs["model.pt"])
+    refs = np.load(ref_dir / "refs.npz")
+    want = refs["yolo26n_topk"]
+    model.detect.layout, model.detect.max_det = "topk", want.shape[1]
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[..., 4], want[..., 4], atol=1e-5)          # scores, best first
+    np.testing.assert_array_equal(got[..., 5], want[..., 5])                  # classes
+    np.testing.assert_allclose(got[..., :4], want[..., :4], atol=1e-3)        # boxes (pixels)
+
+
 def test_ultralytics_size_from_the_yaml_multiples_or_the_shapes(tmp_path, upstream_refs):
     """depth/width multiples without `scale` name yolov8s; multiples of no named scale build from the yaml;
     a state_dict without any yaml is recognised from its layer shapes."""

@@ -14,6 +14,9 @@ Head layouts (the branch inference runs):
   raw      per level cat(box (4*reg_max), class logits (nc)) -> (bs, 4*reg_max+nc, ny, nx)
   split    xy (bs, N, 2), wh (bs, N, 2), class scores (bs, N, nc), in input pixels
   decoded  (bs, N, 4+nc): x, y, w, h, class scores (upstream's own output is the transpose)
+  topk     YOLO26's end-to-end output (bs, max_det, 6): x1, y1, x2, y2, score, class of the best
+           (anchor point, class) pairs, no NMS needed (the one-to-one head gives one box per object);
+           a module-level layout for now, not yet a `graph.head` choice
 """
 from __future__ import annotations
 
@@ -186,9 +189,24 @@ class Detect(nn.Module):
         xy = (points + (rb - lt) / 2) * strides
         wh = (lt + rb) * strides
         xy, wh, scores = xy.transpose(1, 2), wh.transpose(1, 2), scores.transpose(1, 2)
+        if self.layout == "topk":
+            return self._topk(torch.cat((xy - wh / 2, xy + wh / 2), 2), scores)
         if self.layout == "split":
             return xy, wh, scores
         return torch.cat((xy, wh, scores), 2)
+
+    max_det = 300
+
+    def _topk(self, boxes, scores):
+        """The k best anchor points by their best class, then the k best (point, class) pairs among them."""
+        bs, n, nc = scores.shape
+        k = min(self.max_det, n)
+        points = scores.amax(-1).topk(k, dim=1).indices                                   # (bs, k)
+        cand = scores.gather(1, points[..., None].expand(-1, -1, nc))                      # (bs, k, nc)
+        best, flat = cand.flatten(1).topk(k, dim=1)
+        rows = points.gather(1, flat // nc)
+        xyxy = boxes.gather(1, rows[..., None].expand(-1, -1, 4))
+        return torch.cat((xyxy, best[..., None], (flat % nc)[..., None].to(boxes.dtype)), 2)
 
     def _anchors(self, x):
         pts, strides = [], []

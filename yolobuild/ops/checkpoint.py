@@ -169,7 +169,7 @@ def _guess_arch(sd: dict[str, torch.Tensor], nc_only: bool = False) -> str:
         from ..models.upstream import scale_from_shapes
 
         found = scale_from_shapes(sd)
-        if found:
+        if found and found[0] != "yolov8":     # yolov8 keeps its own wording below
             nc = _file_nc(sd)
             return f"{found[0]}{found[2]} (layout {found[1]}){f', nc={nc}' if nc else ''}"
     if not nc_only and any(k.endswith(".dfl.conv.weight") for k in sd):
