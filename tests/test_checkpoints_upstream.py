@@ -249,7 +249,7 @@ def yolov7_refs(upstream_refs):
 
     venv = upstream_refs[0].parent
     py, out = venv / "bin" / "python", venv / "yolov7"
-    if not (out / "refs" / "case.json").exists():
+    if not (out / "refs" / "yolov7.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
         for args in (["download", "-q", "--no-deps", "--no-binary", ":all:", "yolov7detect==1.0.1", "-d", str(out)],
@@ -261,31 +261,34 @@ def yolov7_refs(upstream_refs):
             t.extractall(out, filter="data")
         src = next(out.glob("yolov7detect-*/"))
         env = {**_env(venv / "cfg"), "PYTHONPATH": f"{src}{os.pathsep}{HERE / 'stubs'}"}
-        r = subprocess.run([str(py), str(HERE / "make_refs_yolov7.py"), str(HERE / "yolov7-tiny.yaml"),
-                            str(out / "refs")], capture_output=True, text=True, timeout=600, env=env, cwd=str(venv))
-        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        for name in ("yolov7-tiny", "yolov7"):
+            r = subprocess.run([str(py), str(HERE / "make_refs_yolov7.py"), str(HERE / f"{name}.yaml"),
+                                str(out / "refs")], capture_output=True, text=True, timeout=600, env=env, cwd=str(venv))
+            assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return out / "refs"
 
 
-def test_yolov7_tiny_checkpoint_reproduces_upstream(tmp_path, yolov7_refs):
+@pytest.mark.parametrize("layout", ["yolov7-tiny", "yolov7"])
+def test_yolov7_checkpoint_reproduces_upstream(tmp_path, yolov7_refs, layout):
+    """Loads, and the exported ONNX (RepConv fused by fuse_repconv, a yolov7 family patch) decodes to upstream."""
     from yolobuild.ops.building import load_checkpoint
 
-    case = json.loads((yolov7_refs / "case.json").read_text())
-    p = dict(family="yolov7", scale=None, layout="yolov7-tiny", nc=80, names=None, anchors=None, random=False,
+    case = json.loads((yolov7_refs / f"{layout}.json").read_text())
+    p = dict(family="yolov7", scale=None, layout=layout, nc=80, names=None, anchors=None, random=False,
              seed=0, trust_checkpoint=False)
-    outs, res = run_op("load_model", tmp_path / "l", p, {"weights": yolov7_refs / "yolov7-tiny.pt"},
+    outs, res = run_op("load_model", tmp_path / "l", p, {"weights": yolov7_refs / f"{layout}.pt"},
                        ["model.pt", "model.json"])
     meta = json.loads(outs["model.json"].read_text())
     assert res["source"] == "upstream:models.yolo.Model" and meta["nc"] == 3 and meta["strides"] == case["strides"]
     np.testing.assert_allclose(np.array(meta["anchors_px"]).reshape(3, -1), case["anchors_px"], atol=1e-3)
-    refs = np.load(yolov7_refs / "refs.npz")
+    refs = np.load(yolov7_refs / f"{layout}.npz")
     _, model = load_checkpoint(outs["model.pt"])
     with torch.no_grad():
         got = model(torch.from_numpy(refs["input"])).numpy()
     np.testing.assert_allclose(got, refs["output"], rtol=1e-5, atol=1e-4)
     for head in ("raw", "decoded"):     # the exported ONNX decodes to upstream's output
-        pt, _ = run_op("patch", tmp_path / head, dict(head=head, patches=["no_inplace_slice", "anchors_as_constants"],
-                                                      fuse=True, height=128, width=128),
+        patches = (["fuse_repconv"] if layout == "yolov7" else []) + ["no_inplace_slice", "anchors_as_constants"]
+        pt, _ = run_op("patch", tmp_path / head, dict(head=head, patches=patches, fuse=True, height=128, width=128),
                        {"model": outs["model.pt"]}, ["patched.pt", "patch_check.json"])
         e, _ = run_op("export_onnx", tmp_path / f"e{head}", dict(opset=13, head=head, batch=1, height=128, width=128),
                       {"model": pt["patched.pt"]}, ["model.onnx"])

@@ -2,7 +2,7 @@
 models/ and utils/) on PYTHONPATH: build YOLOv7-tiny from the original cfg (nc=3), save it the way the
 original repo's train.py does (classes under models.yolo / models.common), record upstream's eval output.
 
-usage: python make_refs_yolov7.py YAML OUT_DIR          (yolobuild is never imported here)
+usage: python make_refs_yolov7.py YAML OUT_DIR   (writes OUT_DIR/<yaml stem>.{pt,npz,json}; never imports yolobuild)
 """
 import copy
 import json
@@ -53,9 +53,10 @@ for mod, short in ((v7y, "models.yolo"), (v7c, "models.common")):
     for k, v in vars(mod).items():
         if isinstance(v, type) and v.__module__ == mod.__name__:
             v.__module__ = short
-torch.save(ckpt, out / "yolov7-tiny.pt")
+torch.save(ckpt, out / f"{Path(sys.argv[1]).stem}.pt")
 det = model.model[-1]
-np.savez(out / "refs.npz", input=x.numpy(), output=y.numpy())
-(out / "case.json").write_text(json.dumps({"nc": 3, "strides": [int(s) for s in det.stride.tolist()],
+stem = Path(sys.argv[1]).stem
+np.savez(out / f"{stem}.npz", input=x.numpy(), output=y.numpy())
+(out / f"{stem}.json").write_text(json.dumps({"nc": 3, "strides": [int(s) for s in det.stride.tolist()],
                                            "anchors_px": (det.anchors * det.stride.view(-1, 1, 1)).view(3, -1).tolist()}))
 print(tuple(y.shape))
