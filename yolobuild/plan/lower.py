@@ -48,7 +48,8 @@ class _Builder:
 
 def effective_patches(cfg: Mapping) -> list[str]:
     """What the model's family always needs for a correct export, then the recipe's / target's choice."""
-    return list(dict.fromkeys(family_patches(cfg["model"]["family"], cfg["model"]["layout"]) + list(cfg["graph"]["patches"])))
+    required = family_patches(cfg["model"]["family"], cfg["model"].get("layout"))
+    return list(dict.fromkeys(required + list(cfg["graph"]["patches"])))
 
 
 def lower(config: Mapping) -> Plan:
