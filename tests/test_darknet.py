@@ -298,3 +298,72 @@ def test_mlu270_int8_bundle_loads_and_runs_against_fake_torch_mlu(tiny, tmp_path
     assert (tmp_path / "docker" / "yolov3-tiny_mlu270_int8_mlu270.cambricon").is_file()
     readme = (b / "README.md").read_text()
     assert "`yolov3_mlu.py`" in readme and "2 raw conv outputs" in readme
+
+
+# --------------------------------------------------------------------------- the user's own cfg (model.cfg)
+
+def _user_tiny_cfg(nc: int) -> str:
+    """AlexeyAB-style yolov3-tiny.cfg: the stride-16 [yolo] uses mask 0,1,2 (the shipped one 1,2,3)."""
+    text = dc.cfg_path("yolov3-tiny").read_text()
+    assert text.count("mask = 1,2,3") == 1
+    text = text.replace("mask = 1,2,3", "mask = 0,1,2").replace("classes=80", f"classes={nc}")
+    return text.replace("filters=255", f"filters={3 * (nc + 5)}")
+
+
+def _hand_decode(raw: list[np.ndarray], anchors_px: list[list[float]], strides: list[int], nc: int) -> np.ndarray:
+    """Darknet's [yolo] decode written out from the cfg: xy=(sigmoid(t)+cell)*stride, wh=exp(t)*anchor."""
+    rows = []
+    for t, anchors, s in zip(raw, anchors_px, strides):
+        bs, _, ny, nx = t.shape
+        y = t.reshape(bs, 3, nc + 5, ny, nx).transpose(0, 1, 3, 4, 2).astype(np.float64)
+        sig = 1 / (1 + np.exp(-y))
+        gy, gx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        a = np.asarray(anchors, np.float64).reshape(1, 3, 1, 1, 2)
+        xy = (sig[..., :2] + np.stack((gx, gy), -1)[None, None]) * s
+        wh = np.exp(y[..., 2:4]) * a
+        rows.append(np.concatenate((xy, wh, sig[..., 4:]), -1).reshape(bs, -1, nc + 5))
+    return np.concatenate(rows, 1)
+
+
+def test_user_cfg_gives_architecture_and_anchors(tmp_path):
+    """A .weights with its own cfg (second [yolo] mask 0,1,2): anchors come from that cfg, read beside the
+    weights (with a note) or via model.cfg; the decode matches a hand decode with the cfg's anchors."""
+    from yolobuild.models.darknet import build, write_weights
+    from yolobuild.ops.building import load_checkpoint
+
+    text = _user_tiny_cfg(NC)
+    (tmp_path / "coco.cfg").write_text(text)
+    sections = dc.parse_cfg(text)
+    torch.manual_seed(1)
+    model = lively(build(None, "yolov3-tiny", NC, cfg=text), demo_images(tmp_path, 4, H, W))
+    write_weights(model.state_dict(), sections, tmp_path / "coco.weights")
+    outs, res = run_op("load_model", tmp_path / "a", params(nc=80),
+                       {"weights": tmp_path / "coco.weights", "cfg": tmp_path / "coco.cfg"}, ["model.pt", "model.json"])
+    info = json.loads(outs["model.json"].read_text())
+    # by hand from the cfg: anchors 10,14 23,27 37,58 81,82 135,169 344,319; stride 16 mask 0,1,2, stride 32 3,4,5
+    assert info["anchors_px"] == [[[10, 14], [23, 27], [37, 58]], [[81, 82], [135, 169], [344, 319]]]
+    assert info["nc"] == NC and info["strides"] == [16, 32]
+    _, loaded = load_checkpoint(outs["model.pt"])
+    x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    loaded.detect.layout = "raw"
+    with torch.no_grad():
+        raw = [t.numpy() for t in loaded(x)]
+        loaded.detect.layout = "decoded"
+        got = loaded(x).numpy()
+    ref = _hand_decode(raw, [[10, 14, 23, 27, 37, 58], [81, 82, 135, 169, 344, 319]], [16, 32], NC)
+    assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+    # the shipped cfg (mask 1,2,3) would put other anchors on the 16-stride level: the case that was wrong
+    assert dc.levels(dc.walk(dc.read_cfg("yolov3-tiny")))[0]["anchors"] != [10, 14, 23, 27, 37, 58]
+
+    r = run_cli("plan", "recipe=yolov3-tiny", f"model.weights={tmp_path / 'coco.weights'}", f"model.nc={NC}",
+                f"workspace.path={tmp_path / 'ws'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "the .cfg beside the weights" in r.stdout + r.stderr
+    (tmp_path / "other.cfg").write_text(_user_tiny_cfg(5))
+    r = run_cli("validate", "recipe=yolov3-tiny", f"model.weights={tmp_path / 'coco.weights'}",
+                f"model.cfg={tmp_path / 'other.cfg'}", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.returncode == 2 and "model.cfg" in r.stderr and "needs" in r.stderr and "Traceback" not in r.stderr
+    assert not [line for line in r.stderr.splitlines() if line.rstrip().endswith(" torch")]
+    (tmp_path / "bad.cfg").write_text("[net]\n[conv]\n")
+    r = run_cli("validate", "recipe=yolov3-tiny", "model.weights=random", f"model.cfg={tmp_path / 'bad.cfg'}")
+    assert r.returncode == 2 and "[conv] is not supported" in r.stderr, r.stderr

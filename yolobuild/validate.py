@@ -280,6 +280,27 @@ def _rule_weights(c: dict) -> list[tuple[str, str]]:
     return []
 
 
+def _rule_darknet_cfg(c: dict) -> list[tuple[str, str]]:
+    """model.cfg (or the .cfg beside the .weights) parses and fits the weights' size; torch-free."""
+    from .models.darknet_cfg import check_cfg_against_weights, user_cfg
+
+    m = c["model"]
+    if m.get("cfg") and m["family"] != "yolov3":
+        return [("model.cfg", f"a Darknet cfg builds yolov3 models only, the recipe is {m['family']}; "
+                 "remove model.cfg")]
+    if m["family"] != "yolov3":
+        return []
+    cfg, _ = user_cfg(m.get("cfg"), m["weights"])
+    if cfg is None:
+        return []
+    if not cfg.is_file():
+        return [("model.cfg", f"{m['cfg']!r}: no such file")]
+    w = m["weights"]
+    weights = Path(w).expanduser() if w not in (MISSING, "random") and not w.startswith(BUILTIN_PREFIX) else None
+    why = check_cfg_against_weights(cfg, weights)
+    return [("model.cfg", why)] if why else []
+
+
 def _rule_workspace_writable(c: dict) -> list[tuple[str, str]]:
     p = Path(c["workspace"]["path"]).expanduser().absolute()
     probe = p
@@ -293,6 +314,8 @@ def _rule_workspace_writable(c: dict) -> list[tuple[str, str]]:
 # The rules that read the file system: they run again even when composition is memoised.
 FILESYSTEM_RULES: tuple[Rule, ...] = (
     _rule_weights,
+    _rule_darknet_cfg,
+    _rule_darknet_cfg,
     _rule_calibration_images,
     _rule_eval_pair,
     _rule_workspace_writable,
@@ -300,6 +323,7 @@ FILESYSTEM_RULES: tuple[Rule, ...] = (
 
 RULES: tuple[Rule, ...] = (
     _rule_weights,
+    _rule_darknet_cfg,
     _rule_precision_supported,
     _rule_default_precision,
     _rule_parity_threshold,

@@ -112,7 +112,8 @@ from ultralytics.utils.torch_utils import ModelEMA as ULEMA, strip_optimizer  # 
 def ultralytics_case(name, cfg):
     model = DetectionModel(cfg, nc=3, verbose=False)
     model.names = dict(NAMES)
-    model.args = IterableSimpleNamespace(imgsz=H, model=cfg, data="shapes.yaml", epochs=10, task="detect")
+    model.args = IterableSimpleNamespace(imgsz=H, model=cfg if isinstance(cfg, str) else "custom.yaml",
+                                         data="shapes.yaml", epochs=10, task="detect")
     perturb_bn(model)
     model = fp16_roundtrip(model)
     model.eval()
@@ -136,6 +137,50 @@ def ultralytics_case(name, cfg):
 
 
 ultralytics_case("yolov8n", "yolov8n.yaml")
+ultralytics_case("yolo11n", "yolo11n.yaml")
+
+
+def multiples_yaml(name, depth, width):
+    """A hand-written yaml as many users' are: depth_multiple / width_multiple, no `scales` / `scale`."""
+    import yaml as pyyaml
+    from ultralytics.utils import ROOT
+
+    d = pyyaml.safe_load((ROOT / "cfg" / "models" / name).read_text())
+    d.pop("scales")
+    d.update(depth_multiple=depth, width_multiple=width)
+    return d
+
+
+ultralytics_case("yolov8s_multiples", multiples_yaml("v8/yolov8.yaml", 0.33, 0.50))   # is yolov8s
+ultralytics_case("yolov8_custom", multiples_yaml("v8/yolov8.yaml", 0.33, 0.375))     # no named scale
+ultralytics_case("yolo11_custom", multiples_yaml("11/yolo11.yaml", 0.50, 0.375))
+torch.save({"model": {k: v.half() for k, v in torch.load(OUT / "yolo11n_best.pt", weights_only=False)["model"]
+                      .state_dict().items()}}, OUT / "yolo11n_state_dict.pt")  # no yaml: the shapes tell
+ultralytics_case("yolo26n", "yolo26n.yaml")
+
+
+def one2one_refs(name):
+    """YOLO26: the one-to-one branch's decoded rows (what inference runs) and the end-to-end top-k output,
+    both from upstream's own Detect code on the checkpoint just written."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    model = load_checkpoint(OUT / cases[name]["file"], device="cpu")[0].float().eval()
+    det = model.model[-1]
+    feats = []
+    hook = det.register_forward_pre_hook(lambda m, inp: feats.append(inp[0]))
+    with torch.no_grad():
+        model(x)
+        hook.remove()
+        rows = det._inference(det.forward_head(feats[0], det.one2one_cv2, det.one2one_cv3))
+        det.end2end = True
+        det.max_det = 50
+        topk = model(x)[0]
+    refs[f"{name}_one2one"] = rows.numpy()
+    refs[f"{name}_topk"] = topk.numpy()
+    cases[name]["one2one"] = f"{name}_one2one"
+
+
+one2one_refs("yolo26n")
 
 
 np.savez(OUT / "refs.npz", **refs)

@@ -185,9 +185,9 @@ FAMILIES = {
 
 
 # Families written in their own modules (one file each, torch-free): their rows join the table here.
-from . import darknet_arch, mmyolo_arch, yolor_arch  # noqa: E402
+from . import darknet_arch, mmyolo_arch, ultralytics_arch, yolor_arch, yolov7_arch  # noqa: E402
 
-for _extra in (darknet_arch, yolor_arch, mmyolo_arch):
+for _extra in (darknet_arch, yolor_arch, mmyolo_arch, ultralytics_arch, yolov7_arch):
     FAMILIES.update(_extra.FAMILIES)
 
 
@@ -211,13 +211,16 @@ PATCHES = {
     "anchors_as_constants": {"function": "yolobuild.ops.patches:verify_anchors_as_constants", "verify_only": True,
                              "what": "verify: anchor grids are graph constants, never read from a buffer at run time"},
 }
-for _extra in (darknet_arch, yolor_arch, mmyolo_arch):
+for _extra in (darknet_arch, yolor_arch, mmyolo_arch, yolov7_arch):
     PATCHES.update(getattr(_extra, "PATCHES", {}))
 
 
-def family_patches(family: str) -> list[str]:
-    """Patches a family always needs for a correct export (applied before the recipe's graph.patches)."""
-    return list(FAMILIES.get(family, {}).get("patches", ()))
+def family_patches(family: str, layout: str | None = None) -> list[str]:
+    """Patches a family (or one of its layouts, where the layout row names its own) always needs for a correct
+    export (applied before the recipe's graph.patches)."""
+    spec = FAMILIES.get(family, {})
+    row = spec.get("layouts", {}).get(layout) or {}
+    return list(row["patches"] if "patches" in row else spec.get("patches", ()))
 
 
 def family_spec(family: str) -> dict:

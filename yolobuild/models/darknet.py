@@ -196,13 +196,28 @@ def layout_sections(layout: str, nc: int) -> list[dict]:
     return dc.with_classes(dc.read_cfg(layout), nc)
 
 
-def build(scale=None, layout: str = "yolov3", nc: int = 80, anchors=None) -> Darknet:
-    """The family-table entry point (models.arch.FAMILIES['yolov3']['module'])."""
+def build(scale=None, layout: str = "yolov3", nc: int = 80, anchors=None, cfg: str | None = None) -> Darknet:
+    """The family-table entry point (models.arch.FAMILIES['yolov3']['module']). With `cfg` (a user's
+    cfg text) the network, anchors and masks are that cfg's; else the layout's shipped cfg."""
     if scale is not None:
         raise ValueError(f"yolov3 has no scales (model.scale must be null, got {scale!r})")
+    if cfg is not None:
+        return Darknet(dc.with_classes(dc.parse_cfg(cfg, "model.cfg"), nc), anchors, layout)
     if anchors is None:
         anchors = FAMILIES["yolov3"]["layouts"][layout]["anchors"] if layout in dc.LAYOUT_CFG else None
     return Darknet(layout_sections(layout, nc), anchors, layout)
+
+
+def cfg_meta(text: str, where: str) -> dict:
+    """What a user's cfg states about the model: {cfg, nc, anchors (per level, pixels), input_size, layout}."""
+    try:
+        layers = dc.walk(dc.parse_cfg(text, where))
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"model.cfg: {exc}") from None
+    yolos = dc.levels(layers)
+    _, h, w = dc.net_input(dc.parse_cfg(text, where))
+    return {"cfg": text, "nc": yolos[0]["nc"], "anchors": [y["anchors"] for y in yolos], "input_size": [h, w],
+            "layout": dc.layout_of(layers)}
 
 
 # --------------------------------------------------------------------------- the .weights layout
@@ -258,8 +273,9 @@ def _size_error(path: Path, layout: str, where: str, size: int, header: dict | N
                      f"actual {size} bytes{hint}")
 
 
-def read_darknet(path: Path, layout: str, where: str) -> tuple[dict, dict[str, torch.Tensor], int]:
-    """-> (header, state_dict, nc) of a .weights file read against the layout's cfg."""
+def read_darknet(path: Path, layout: str, where: str, cfg: str | None = None) -> tuple[dict, dict, int]:
+    """-> (header, state_dict, nc) of a .weights file read against the layout's cfg (or a user's `cfg` text,
+    whose classes and sizes must then match the file exactly)."""
     if not path.is_file():
         raise UserError(f"{where}: no such file")
     size = path.stat().st_size
@@ -267,10 +283,17 @@ def read_darknet(path: Path, layout: str, where: str) -> tuple[dict, dict[str, t
     if header is None:
         raise UserError(f"{where}: Darknet weights of {size} bytes: too short for the header (16 or 20 bytes)")
     body = size - header["header_bytes"]
-    nc = dc.nc_for_size(layout, body // 4) if body % 4 == 0 else None
-    if nc is None:
-        raise _size_error(path, layout, where, size, header)
-    layers = dc.walk(layout_sections(layout, nc))
+    if cfg is not None:
+        layers = dc.walk(dc.parse_cfg(cfg, "model.cfg"))
+        nc = dc.levels(layers)[0]["nc"]
+        if body != 4 * dc.weights_floats(layers):
+            raise UserError(f"{where}: Darknet weights of {size} bytes do not match model.cfg (classes={nc}): "
+                            f"expected {header['header_bytes'] + 4 * dc.weights_floats(layers)} bytes")
+    else:
+        nc = dc.nc_for_size(layout, body // 4) if body % 4 == 0 else None
+        if nc is None:
+            raise _size_error(path, layout, where, size, header)
+        layers = dc.walk(layout_sections(layout, nc))
     data = np.fromfile(path, dtype="<f4", offset=header["header_bytes"])
     sd, ptr = {}, 0
     for key, shape in weight_keys(layers):
@@ -281,15 +304,15 @@ def read_darknet(path: Path, layout: str, where: str) -> tuple[dict, dict[str, t
     return header, sd, nc
 
 
-def read_foreign(path: Path, layout: str, where: str):
+def read_foreign(path: Path, layout: str, where: str, cfg: str | None = None):
     """ops.checkpoint.read_weights hook: a Darknet .weights file -> (source, file_meta, state_dict); None otherwise.
 
     The class count follows from the file size; it is not put in file_meta (the file does not name it),
     so a file of another nc than the recipe's fails load_into's class-count check."""
     if not dc.looks_like_darknet(path):
         return None
-    _, sd, _ = read_darknet(path, layout, where)
-    _, h, w = dc.net_input(dc.read_cfg(layout))
+    _, sd, _ = read_darknet(path, layout, where, cfg)
+    _, h, w = dc.net_input(dc.parse_cfg(cfg) if cfg is not None else dc.read_cfg(layout))
     return "darknet-weights", {"input_size": [h, w]}, sd
 
 

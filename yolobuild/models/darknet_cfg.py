@@ -56,6 +56,52 @@ def read_cfg(layout: str) -> list[dict]:
     return parse_cfg(path.read_text(), path.name)
 
 
+def sidecar_cfg(weights: str | Path) -> Path | None:
+    """The `.cfg` with the weights' stem beside a `.weights` file (how Darknet releases ship), or None."""
+    w = Path(weights).expanduser()
+    if w.suffix.lower() != ".weights":
+        return None
+    cfg = w.with_suffix(".cfg")
+    return cfg if cfg.is_file() else None
+
+
+def user_cfg(model_cfg: str | None, weights: str | None) -> tuple[Path | None, str | None]:
+    """(cfg path, note) a Darknet model is built from: `model.cfg`, else a sidecar cfg (with a note saying
+    so), else (None, None) and the shipped cfg of the layout."""
+    if model_cfg:
+        return Path(model_cfg).expanduser(), None
+    side = sidecar_cfg(weights) if weights and weights not in ("random", "???") else None
+    if side is not None:
+        return side, f"model.cfg: using {side} (the .cfg beside the weights); set model.cfg=PATH to choose another"
+    return None, None
+
+
+def layout_of(layers: list[dict]) -> str:
+    """The shipped layout a parsed cfg is closest to, by its number of [yolo] levels (3: yolov3, 2: tiny)."""
+    return "yolov3-tiny" if len(levels(layers)) == 2 else "yolov3"
+
+
+def check_cfg_against_weights(cfg: Path, weights: Path | None) -> str | None:
+    """Why a user cfg cannot be used with these weights (unparsable, or not the file's size), or None."""
+    try:
+        layers = walk(parse_cfg(cfg.read_text(), cfg.name))
+    except OSError as exc:
+        return f"{cfg}: cannot read it ({exc.strerror})"
+    except (ValueError, KeyError) as exc:
+        return f"{cfg}: {exc}"
+    if weights is None or not weights.is_file() or not looks_like_darknet(weights):
+        return None
+    h = read_header(weights)
+    if h is None:
+        return None
+    size = weights.stat().st_size
+    want = h["header_bytes"] + 4 * weights_floats(layers)
+    if size != want:
+        return (f"{cfg.name} needs {want} bytes of Darknet weights ({h['header_bytes']}-byte header + "
+                f"{weights_floats(layers)} float32), {weights.name} has {size}")
+    return None
+
+
 def _ints(value: str) -> list[int]:
     return [int(v) for v in value.replace(" ", "").split(",") if v]
 

@@ -12,11 +12,15 @@ from typing import Any
 
 from ..errors import UserError
 from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES, YOLOV8_LAYOUTS, YOLOV8_SCALES
+from .ultralytics_arch import YOLO11_LAYOUTS, YOLO11_SCALES, YOLO26_LAYOUTS, YOLO26_SCALES, resolve_scale
 from .safe_pickle import Stub, module_attr, upstream_name
 
 YOLOV5_MODEL_CLASSES = {"models.yolo.Model", "models.yolo.DetectionModel", "yolov5.models.yolo.Model",
                         "yolov5.models.yolo.DetectionModel"}
 ULTRALYTICS_MODEL_CLASSES = {"ultralytics.nn.tasks.DetectionModel", "ultralytics.yolo.v8.detect.DetectionModel"}
+# the ultralytics detect families yolobuild builds: layer tables and named scales
+ULTRALYTICS_FAMILIES = {"yolov8": (YOLOV8_LAYOUTS, YOLOV8_SCALES), "yolo11": (YOLO11_LAYOUTS, YOLO11_SCALES),
+                        "yolo26": (YOLO26_LAYOUTS, YOLO26_SCALES)}
 
 
 def _norm_table(rows) -> str:
@@ -91,9 +95,15 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     heads = [m for m in model.modules() if upstream_name(m).rsplit(".", 1)[-1] in ("Detect", "IDetect", "IAuxDetect")]
     head = heads[-1] if heads else None
     head_cls = upstream_name(head) if head is not None else "?"
+    multiples = None
     if cls in YOLOV5_MODEL_CLASSES:
-        if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOR (paper branch): models.yolor reads it
+        if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOv7 or YOLOR (paper branch), by the yaml's layers
             from .yolor import describe_yolor
+            from .yolov7 import describe_yolov7
+
+            got = describe_yolov7(container, model, where)
+            if got is not None:
+                return got
 
             return describe_yolor(container, model, where)
         family = "yolov5"
@@ -101,17 +111,15 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
         dm, wm = yaml.get("depth_multiple"), yaml.get("width_multiple")
         scale = next((s for s, (d, w) in YOLOV5_SCALES.items() if d == dm and w == wm), None)
     elif cls in ULTRALYTICS_MODEL_CLASSES:
-        family = "yolov8"
-        layout = _match_layout(yaml, YOLOV8_LAYOUTS)
-        scale = yaml.get("scale")
-        if scale not in YOLOV8_SCALES:
-            scale = None
+        family, layout, scale, multiples = _ultralytics_kind(yaml, sd)
     else:
         raise UserError(f"{where}: a full pickle of {cls}, which is no model yolobuild knows "
                         f"(known: {', '.join(sorted(YOLOV5_MODEL_CLASSES | ULTRALYTICS_MODEL_CLASSES))})")
-    if layout is None or scale is None:
+    if family != "yolov5" and layout is not None and scale is None and multiples is not None:
+        scale = None                    # a custom size: built from the yaml's multiples
+    elif layout is None or scale is None:
         what = f"depth {yaml.get('depth_multiple')}, width {yaml.get('width_multiple')}" if family == "yolov5" \
-            else f"scale {yaml.get('scale')!r}"
+            else f"scale {yaml.get('scale')!r}, depth {yaml.get('depth_multiple')}, width {yaml.get('width_multiple')}"
         raise UserError(f"{where}: a {cls} whose layers ({_layer_types(yaml) or 'no yaml'}; {what}) match no "
                         f"{family} layout yolobuild builds ({', '.join(FAMILIES[family]['layouts'])}); "
                         "for custom layers set model.source.repo=PATH")
@@ -119,6 +127,13 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     meta: dict[str, Any] = {"family": family, "scale": scale, "layout": layout, "nc": nc,
                             "names": _names(module_attr(model, "names"), nc), "strides": strides,
                             "upstream": cls, "input_size": None}
+    if family != "yolov5" and multiples is not None:
+        meta["multiples"] = multiples
+    if family in ("yolo11", "yolo26"):
+        sppf = [m for m in model.modules() if upstream_name(m).endswith(".SPPF")]
+        act = getattr(getattr(sppf[0], "cv1", None), "act", None) if sppf else None
+        if act is not None:     # which SPPF the writing ultralytics version built (see models.yolo11.build)
+            meta["arch_options"] = {"sppf_act": not upstream_name(act).endswith("Identity")}
     if family == "yolov5" and head is not None and "anchors" in head._buffers and strides:
         a = head._buffers["anchors"].float()
         px = (a * a.new_tensor(strides).view(-1, 1, 1)).view(a.shape[0], -1)
@@ -135,6 +150,51 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
                 break
     meta["input_size"] = size
     return meta, sd
+
+
+def _ultralytics_kind(yaml: dict, sd: dict) -> tuple[str, str | None, str | None, list | None]:
+    """(family, layout, scale, multiples) of an ultralytics model: the family and layout whose layer
+    table the yaml lists, the size from what the yaml states (`scale`, or the multiples); without a
+    yaml, from the layer shapes."""
+    multiples = None
+    if yaml.get("backbone"):
+        for family, (layouts, scales) in ULTRALYTICS_FAMILIES.items():
+            layout = _match_layout(yaml, layouts)
+            if layout is not None:
+                scale, multiples = resolve_scale(yaml, layouts[layout], scales)
+                return family, layout, scale, multiples
+        return "yolov8", None, None, None
+    got = scale_from_shapes(sd)
+    return (got or ("yolov8", None, None)) + (None,)
+
+
+def scale_from_shapes(sd: dict) -> tuple[str, str, str] | None:
+    """(family, layout, scale) whose layers have exactly the state_dict's conv widths and block counts."""
+    from .ultralytics_arch import layer_plan
+
+    def blocks(i: int) -> int:
+        return len({k.split(".")[3] for k in sd if k.startswith(f"model.{i}.m.") and k.split(".")[3].isdigit()})
+
+    for family, (layouts, scales) in ULTRALYTICS_FAMILIES.items():
+        for layout, table in layouts.items():
+            if max((int(k.split(".")[1]) for k in sd if k.startswith("model.")), default=-1) != len(table) - 1:
+                continue
+            if (f"model.{len(table) - 1}.one2one_cv2.0.0.conv.weight" in sd) != (family == "yolo26"):
+                continue
+            for scale, mult in scales.items():
+                plan = layer_plan(table, *mult, scale=scale)
+                ok = True
+                for i, (t, n, c2, _) in enumerate(plan):
+                    w = sd.get(f"model.{i}.conv.weight" if t == "Conv" else f"model.{i}.cv2.conv.weight")
+                    if c2 is not None and (w is None or int(w.shape[0]) != c2):
+                        ok = False
+                        break
+                    if t in ("C2f", "C3k2", "C2PSA") and blocks(i) != n:
+                        ok = False
+                        break
+                if ok:
+                    return family, layout, scale
+    return None
 
 
 def guess_ultralytics_family(sd: dict) -> dict:

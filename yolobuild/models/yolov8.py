@@ -109,14 +109,17 @@ LAYER_TYPES["nn.Upsample"] = nn.Upsample
 class DetectionModel(SequentialDetector):
     """Sequential YOLOv8 graph built from an upstream-style layer table."""
 
-    def __init__(self, scale: str = "n", nc: int = 80, layout: str = "v8", ch: int = 3, reg_max: int = 16):
+    def __init__(self, scale: str | None = "n", nc: int = 80, layout: str = "v8", ch: int = 3, reg_max: int = 16,
+                 multiples=None):
         super().__init__()
-        if scale not in YOLOV8_SCALES:
+        if multiples is None and scale not in YOLOV8_SCALES:
             raise ValueError(f"unknown YOLOv8 scale {scale!r}; choose one of {sorted(YOLOV8_SCALES)}")
         if layout not in YOLOV8_LAYOUTS:
             raise ValueError(f"unknown YOLOv8 layout {layout!r}; choose one of {sorted(YOLOV8_LAYOUTS)}")
         self.yaml = {"scale": scale, "nc": nc, "layout": layout}
-        self.model, self.save = self._build(YOLOV8_LAYOUTS[layout], *YOLOV8_SCALES[scale], nc, ch, reg_max)
+        depth, width, mc = multiples if multiples is not None else YOLOV8_SCALES[scale]   # a custom yaml's size
+        self.model, self.save = self._build(YOLOV8_LAYOUTS[layout], depth, width, math.inf if mc is None else mc,
+                                            nc, ch, reg_max)
         detect = self.model[-1]
         probe = 256
         detect.stride = torch.ones(detect.nl)
@@ -166,5 +169,5 @@ class DetectionModel(SequentialDetector):
             b[-1].bias.data[: d.nc] = math.log(5 / d.nc / (640 / s) ** 2)
 
 
-def build(scale: str = "n", layout: str = "v8", nc: int = 80, anchors=None) -> DetectionModel:
-    return DetectionModel(scale=scale, nc=nc, layout=layout)
+def build(scale: str | None = "n", layout: str = "v8", nc: int = 80, anchors=None, multiples=None) -> DetectionModel:
+    return DetectionModel(scale=scale, nc=nc, layout=layout, multiples=multiples)

@@ -81,7 +81,11 @@ def build_from_meta(meta: dict) -> nn.Module:
         anchors = None
     else:
         anchors = normalize_anchors(anchors, layouts[meta["layout"]]["anchors"])
-    model = mod.build(meta.get("scale"), meta["layout"], int(meta["nc"]), anchors)
+    extra = {"cfg": meta["cfg"]} if meta.get("cfg") else {}     # a user's Darknet cfg (model.cfg)
+    if meta.get("multiples"):                                    # an ultralytics yaml's own depth / width
+        extra["multiples"] = meta["multiples"]
+    extra.update(meta.get("arch_options") or {})                 # what the checkpoint's own modules say
+    model = mod.build(meta.get("scale"), meta["layout"], int(meta["nc"]), anchors, **extra)
     if meta.get("syncbn"):          # the file held SyncBatchNorm: keep it so that syncbn_to_bn converts it
         _as_syncbn(model, meta["syncbn"])
     return model
@@ -111,6 +115,9 @@ def checkpoint_dict(model: nn.Module, meta: dict) -> dict:
         "strides": [int(s) for s in model.detect.stride.tolist()],
         "input_size": meta.get("input_size"),
         **({"syncbn": meta["syncbn"]} if meta.get("syncbn") else {}),
+        **({"cfg": meta["cfg"]} if meta.get("cfg") else {}),
+        **({"multiples": list(meta["multiples"])} if meta.get("multiples") else {}),
+        **({"arch_options": dict(meta["arch_options"])} if meta.get("arch_options") else {}),
         "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
     }
 

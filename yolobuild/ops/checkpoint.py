@@ -165,6 +165,13 @@ def _guess_arch(sd: dict[str, torch.Tensor], nc_only: bool = False) -> str:
         from ..models.mmyolo import guess_arch as _mmyolo_guess
 
         return _mmyolo_guess(sd)
+    if not nc_only and any(k.startswith("model.") and ".cv3." in k for k in sd):   # ultralytics detect layouts
+        from ..models.upstream import scale_from_shapes
+
+        found = scale_from_shapes(sd)
+        if found and found[0] != "yolov8":     # yolov8 keeps its own wording below
+            nc = _file_nc(sd)
+            return f"{found[0]}{found[2]} (layout {found[1]}){f', nc={nc}' if nc else ''}"
     if not nc_only and any(k.endswith(".dfl.conv.weight") for k in sd):
         stem = sd.get("model.0.conv.weight")
         scale = next((s for s, (_, w, mc) in arch.YOLOV8_SCALES.items()
@@ -237,7 +244,8 @@ def load_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str, what: s
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in filled.items()}, strict=True)
 
 
-def read_weights(path, family: str, layout: str, trust: bool = False, source_repo=None) -> tuple[str, dict, dict]:
+def read_weights(path, family: str, layout: str, trust: bool = False, source_repo=None,
+                 cfg: str | None = None) -> tuple[str, dict, dict]:
     """Any weight file a user has -> (source, file metadata, fp32 state_dict in yolobuild's key layout).
 
     Plain state_dicts, yolobuild checkpoints, upstream full pickles (restricted unpickler) and,
@@ -249,7 +257,7 @@ def read_weights(path, family: str, layout: str, trust: bool = False, source_rep
     mod = family_module(family)
     foreign = getattr(mod, "read_foreign", None)
     if foreign is not None:
-        got = foreign(Path(path), layout, where)
+        got = foreign(Path(path), layout, where, **({"cfg": cfg} if cfg else {}))
         if got is not None:
             return got
     if Path(path).suffix.lower() == ".weights":

@@ -38,6 +38,25 @@ def _check_family(file_meta: dict, meta: dict, where: str) -> None:
                             f"set model.{key}={file_meta[key]}")
 
 
+def _apply_cfg(ctx: OpContext, p: dict, meta: dict, overrides: dict) -> None:
+    """model.cfg (Darknet): the cfg states the classes, anchors and input size; model.anchors still wins."""
+    path = ctx.inputs["cfg"]
+    reader = getattr(family_module(meta["family"]), "cfg_meta", None)
+    if reader is None:
+        raise UserError(f"model.cfg: {meta['family']} models are not built from a Darknet cfg")
+    try:
+        got = reader(path.read_text(), path.name)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"model.cfg: {path}: cannot read it ({exc.__class__.__name__})") from None
+    meta["cfg"] = got["cfg"]
+    if got["nc"] != meta["nc"]:
+        overrides["nc"] = [meta["nc"], got["nc"]]
+        meta["nc"] = got["nc"]
+    if p.get("anchors") is None:
+        meta["anchors"] = normalize_anchors(got["anchors"])
+    meta["input_size"] = got["input_size"]
+
+
 def load_model(ctx: OpContext) -> None:
     p = ctx.params
     family = p["family"]
@@ -52,13 +71,15 @@ def load_model(ctx: OpContext) -> None:
     weights = ctx.inputs.get("weights")
     overrides: dict[str, Any] = {}
     torch.manual_seed(int(p.get("seed", 0)))
+    if ctx.inputs.get("cfg") is not None:      # a user's Darknet cfg: its classes, anchors and input size
+        _apply_cfg(ctx, p, meta, overrides)
 
     if p.get("random") or weights is None:
         source, file_meta, sd = "random", {}, None
     else:
         where = f"model.weights: {weights}"
         source, file_meta, sd = read_weights(weights, family, p["layout"], bool(p.get("trust_checkpoint")),
-                                             p.get("source_repo"))
+                                             p.get("source_repo"), cfg=meta.get("cfg"))
         _check_family(file_meta, meta, where)
         if "nc" in file_meta and int(file_meta["nc"]) != meta["nc"]:
             overrides["nc"] = [meta["nc"], int(file_meta["nc"])]
@@ -76,6 +97,12 @@ def load_model(ctx: OpContext) -> None:
             meta["input_size"] = [int(v) for v in file_meta["input_size"]]
         if file_meta.get("syncbn"):
             meta["syncbn"] = file_meta["syncbn"]
+        if file_meta.get("arch_options"):
+            meta["arch_options"] = dict(file_meta["arch_options"])
+        if file_meta.get("multiples"):    # a yaml whose depth / width match no named scale: built from them
+            meta["multiples"], meta["scale"] = list(file_meta["multiples"]), None
+            ctx.log(f"load_model: the checkpoint's yaml gives depth, width, max_channels {file_meta['multiples']}, "
+                    "no named scale; built from those")
     if meta["names"] and len(meta["names"]) != meta["nc"] and "names" not in overrides:
         ctx.log(f"load_model: {len(meta['names'])} names for nc={meta['nc']}; using '0'..'{meta['nc'] - 1}'")
     meta["names"] = _names(meta["names"], meta["nc"])

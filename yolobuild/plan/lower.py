@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from ..compose import MISSING
 from ..deploy.describe import HOST_RUNNABLE
 from ..models.arch import family_patches
+from ..models.darknet_cfg import user_cfg
 from ..ops import OP_KINDS, code_paths
 from ..toolchains import registry
 from ..validate import ASSETS_DIR, BUILTIN_PREFIX, thaw
@@ -48,7 +49,8 @@ class _Builder:
 
 def effective_patches(cfg: Mapping) -> list[str]:
     """What the model's family always needs for a correct export, then the recipe's / target's choice."""
-    return list(dict.fromkeys(family_patches(cfg["model"]["family"]) + list(cfg["graph"]["patches"])))
+    required = family_patches(cfg["model"]["family"], cfg["model"].get("layout"))
+    return list(dict.fromkeys(required + list(cfg["graph"]["patches"])))
 
 
 def lower(config: Mapping) -> Plan:
@@ -93,12 +95,18 @@ def lower(config: Mapping) -> Plan:
     # -- model: load, patch, export ---------------------------------------------------------------
     w = weights_ref(model["weights"])
     patches = effective_patches(cfg)
+    model_inputs = {"weights": w} if w else {}
+    cfg_file, cfg_note = user_cfg(model.get("cfg"), model["weights"]) if model["family"] == "yolov3" else (None, None)
+    if cfg_file is not None:        # a Darknet model built from the user's cfg: the cfg keys load_model too
+        model_inputs["cfg"] = Ref(path=str(cfg_file.resolve()))
+    if cfg_note:
+        notes.append(cfg_note)
     b.add("load_model", "load_model",
           {"family": model["family"], "scale": model["scale"], "layout": model["layout"], "nc": model["nc"],
            "names": model["names"], "anchors": model["anchors"], "random": model["weights"] == "random",
            "seed": 0, "trust_checkpoint": model["trust_checkpoint"],
            **({"source_repo": model["source"]["repo"]} if (model.get("source") or {}).get("repo") else {})},
-          {"weights": w} if w else {}, ("model.pt", "model.json"), final=("model.json",))
+          model_inputs, ("model.pt", "model.json"), final=("model.json",))
     b.add("patch", "patch",
           {"head": cfg["graph"]["head"], "patches": patches, "fuse": cfg["graph"]["fuse"], **size},
           {"model": Ref("load_model", "model.pt")}, ("patched.pt",))

@@ -40,15 +40,19 @@ def decode_raw_dfl(levels: list[np.ndarray], strides: list[float], nc: int) -> n
     """Anchor-free (YOLOv8) per-level outputs (bs, 4*reg_max+nc, ny, nx) -> (bs, N, 4+nc).
 
     Box: softmax over reg_max bins per side, expectation = distance (left, top, right, bottom) in
-    grid units from the cell centre; class scores: sigmoid."""
+    grid units from the cell centre; class scores: sigmoid. reg_max 1 (YOLO26, no DFL): the box
+    channels are the distances themselves."""
     outs = []
     for t, stride in zip(levels, strides):
         bs, c, ny, nx = t.shape
         reg_max = (c - nc) // 4
         t = t.astype(np.float64).reshape(bs, c, ny * nx)
         box = t[:, :4 * reg_max].reshape(bs, 4, reg_max, -1)
-        e = np.exp(box - box.max(2, keepdims=True))
-        dist = (e / e.sum(2, keepdims=True) * np.arange(reg_max).reshape(1, 1, -1, 1)).sum(2)   # (bs, 4, A)
+        if reg_max == 1:
+            dist = box[:, :, 0]
+        else:
+            e = np.exp(box - box.max(2, keepdims=True))
+            dist = (e / e.sum(2, keepdims=True) * np.arange(reg_max).reshape(1, 1, -1, 1)).sum(2)   # (bs, 4, A)
         yv, xv = np.meshgrid(np.arange(ny) + 0.5, np.arange(nx) + 0.5, indexing="ij")
         pts = np.stack((xv.ravel(), yv.ravel()), 0)[None]                                       # (1, 2, A)
         lt, rb = dist[:, :2], dist[:, 2:]
