@@ -275,12 +275,14 @@ def test_demo_build_ships_a_runner_that_checks_itself(bare_python, tmp_path):
     assert code == 2 and "not a build folder" in err
 
 
-@pytest.mark.parametrize("recipe", ["yolov8n", "yolov3-tiny"])
+@pytest.mark.parametrize("recipe", ["yolov8n", "yolov3-tiny", "yolo26n"])
 def test_random_weight_builds_check_anchor_free_and_darknet_decodes(recipe, bare_python, tmp_path):
     build = _build(f"recipe={recipe}", "model.weights=random", "input.width=320", "input.height=320")
     spec = json.loads((build / "deploy" / "deploy.json").read_text())
     assert schema_errors(spec) == []
-    assert spec["head"]["decode"] == {"yolov8n": "dfl", "yolov3-tiny": "darknet"}[recipe]
+    assert spec["head"]["decode"] == {"yolov8n": "dfl", "yolov3-tiny": "darknet", "yolo26n": "dfl"}[recipe]
+    if recipe == "yolo26n":   # no DFL: one bin per box side
+        assert spec["head"]["reg_max"] == 1
     expected = json.loads((build / "deploy" / "samples" / "expected.json").read_text())
     assert all(i["detections"] for i in expected["images"]), "random weights: the samples must hold detections"
     ok = run_bare(bare_python, build / "deploy" / "infer.py", "--check")

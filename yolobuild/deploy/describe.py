@@ -54,8 +54,8 @@ def head_spec(meta: dict, layout: str, outputs: list[dict]) -> dict:
     spec = {"layout": layout, "kind": meta.get("head_kind", "anchor_based"), "decode": decode,
             "family": meta.get("family"), "formula": text, "columns": columns, "outputs": outputs,
             "strides": meta["strides"], "anchors_px": meta.get("anchors_px")}
-    if decode == "dfl":
-        spec["reg_max"] = 16
+    if decode == "dfl":   # the family's bins per box side (YOLO26: 1, no DFL: the distances themselves)
+        spec["reg_max"] = int(meta.get("reg_max", 16))
     if decode == "darknet":
         spec["scale_x_y"] = float(meta.get("scale_x_y", 1.0))
     return spec

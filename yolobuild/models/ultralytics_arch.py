@@ -67,7 +67,7 @@ HEAD_OPTIONS = {"yolo11": {"reg_max": 16, "end2end": False}, "yolo26": {"reg_max
 FAMILIES: dict = {
     "yolo11": {
         "module": "yolobuild.models.yolo11",
-        "head": "anchor_free", "decode": "dfl",
+        "head": "anchor_free", "decode": "dfl", "reg_max": HEAD_OPTIONS["yolo11"]["reg_max"],
         "scales": tuple(YOLO11_SCALES),
         "layouts": {"11": {"strides": [8, 16, 32], "anchors": None,
                            "what": "ultralytics YOLO11 detect (C3k2, C2PSA, DFL head)"}},
@@ -75,7 +75,7 @@ FAMILIES: dict = {
     },
     "yolo26": {
         "module": "yolobuild.models.yolo11",
-        "head": "anchor_free", "decode": "dfl",
+        "head": "anchor_free", "decode": "dfl", "reg_max": HEAD_OPTIONS["yolo26"]["reg_max"],
         "scales": tuple(YOLO26_SCALES),
         "layouts": {"26": {"strides": [8, 16, 32], "anchors": None,
                            "what": "ultralytics YOLO26 detect (one-to-one NMS-free head, no DFL)"}},

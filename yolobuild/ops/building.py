@@ -124,7 +124,8 @@ def checkpoint_dict(model: nn.Module, meta: dict) -> dict:
 
 def _decode_info(family: str) -> dict:
     spec = arch.FAMILIES[family]
-    return {"head_kind": spec["head"], "decode": spec["decode"]}
+    return {"head_kind": spec["head"], "decode": spec["decode"],
+            **({"reg_max": spec.get("reg_max", 16)} if spec["decode"] == "dfl" else {})}
 
 
 def meta_json(ckpt: dict, random: bool, source: str, parameters: int) -> dict:

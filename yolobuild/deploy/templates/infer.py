@@ -164,13 +164,17 @@ def decode_darknet(t: np.ndarray, anchors, stride: float, nc: int, scale_x_y: fl
 
 def decode_dfl(t: np.ndarray, stride: float, nc: int) -> np.ndarray:
     """One anchor-free level (4*reg_max + nc, ny, nx): softmax-expected distances (left, top, right,
-    bottom) from the cell centre, in cells; class scores sigmoid; objectness 1 (score = class score)."""
+    bottom) from the cell centre, in cells (reg_max 1: the channels themselves); class scores sigmoid;
+    objectness 1 (score = class score)."""
     c, ny, nx = t.shape
     reg_max = (c - nc) // 4
     t = t.reshape(c, ny * nx).astype(np.float64)
     bins = t[:4 * reg_max].reshape(4, reg_max, -1)
-    e = np.exp(bins - bins.max(1, keepdims=True))
-    dist = (e / e.sum(1, keepdims=True) * np.arange(reg_max).reshape(1, -1, 1)).sum(1)       # (4, cells)
+    if reg_max == 1:     # no DFL (YOLO26): the box channels are the distances themselves
+        dist = bins[:, 0]
+    else:
+        e = np.exp(bins - bins.max(1, keepdims=True))
+        dist = (e / e.sum(1, keepdims=True) * np.arange(reg_max).reshape(1, -1, 1)).sum(1)   # (4, cells)
     xv, yv = grid_xy(ny, nx)
     cx, cy = xv.ravel() + 0.5, yv.ravel() + 0.5
     left, top, right, bottom = dist
