@@ -197,6 +197,7 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
         "target": config["target"]["name"],
         "precision": config["precision"]["name"],
         "input": {"height": config["input"]["height"], "width": config["input"]["width"]},
+        "overrides": list(config.get("overrides") or ()),
         "head": config["graph"]["head"],
         "weights": config["model"]["weights"],
         "random_weights": config["model"]["weights"] == "random",
@@ -281,10 +282,26 @@ def clean_abandoned_staging(build_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def refuse_another_configuration(config: Mapping, build_dir: Path) -> None:
+    """A build folder holding another configuration's build (its manifest lists other overrides) is
+    never replaced: that would silently lose the other build. Folders from before overrides were
+    recorded carry none and are replaced as before."""
+    try:
+        theirs = json.loads((build_dir / "manifest.json").read_text()).get("overrides")
+    except (OSError, ValueError, AttributeError):
+        return
+    ours = list(config.get("overrides") or ())
+    if theirs is not None and list(theirs) != ours:
+        raise UserError(f"workspace.path: {build_dir} holds another configuration's build "
+                        f"(overrides: {' '.join(theirs) or 'none'}; this one: {' '.join(ours) or 'none'}); "
+                        "remove it or choose another workspace.path")
+
+
 def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None) -> BuildResult:
     from ..report import render_report
 
     build_dir = build_dir_for(config, plan)
+    refuse_another_configuration(config, build_dir)
     cache = cache_for(config)
     try:
         cache.root.mkdir(parents=True, exist_ok=True)
