@@ -49,7 +49,11 @@ overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
                workspace.path=DIR  cache.dir=DIR (or YOLOBUILD_CACHE)
 
 options:
-  -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8
+  -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8; each job runs
+                         on Hydra's launcher: hydra/launcher=basic (default, one at a time) | joblib
+                         hydra.launcher.n_jobs=N | ray | submitit_local | submitit_slurm, or a sweeper such as
+                         hydra/sweeper=optuna (extras: yolobuild[joblib], [ray], [slurm], [optuna]). Results:
+                         <workspace.path>/sweeps/<time>/ (summary.json, summary.csv, report.html; sweeps/latest)
   -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first)
   --allow-env            let recipe files read environment variables (${oc.env:NAME}); without it only
                          the names listed in YOLOBUILD_ALLOW_ENV=A,B may be read. Values read from the
@@ -141,7 +145,13 @@ def _jobs(args: Args) -> list[list[str]]:
         return [args.overrides]
     from .compose import expand_sweep
 
-    return expand_sweep(args.overrides)
+    return expand_sweep([o for o in args.overrides if not _is_hydra_override(o)])
+
+
+def _is_hydra_override(override: str) -> bool:
+    """`hydra/launcher=joblib`, `hydra.launcher.n_jobs=2`: the sweep's own settings, never a job's."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
 def _prepare(overrides, config_dirs, allow_env: bool = False):
@@ -396,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             print(_help_text(args.config_dirs))
             return EXIT_OK
         jobs = _jobs(args)
+        if args.multirun and args.verb == "build":   # each job on Hydra's launcher (yolobuild.sweep)
+            from .sweep.run import run_sweep
+
+            return run_sweep(args.overrides, args.config_dirs, args.allow_env, out)
     except UserError as err:
         _print_errors(err)
         return EXIT_USER
