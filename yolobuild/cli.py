@@ -18,6 +18,7 @@ usage: yolobuild [build|validate|plan] [KEY=VALUE ...] [--multirun] [--config-di
        yolobuild toolchain list | install NAME [--force]
        yolobuild inspect model.weights=PATH [model.trust_checkpoint=true] [model.source.repo=DIR]
        yolobuild cache verify [--repair] [cache.dir=DIR] | gc [cache.max_size=SIZE] [cache.dir=DIR]
+       yolobuild report SWEEP_DIR   (a --multirun sweep's summary.json/csv and report.html, from its manifests)
 
 Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
 it through a content-addressed cache. With no arguments: the embedded demo (a YOLOv5n
@@ -378,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "cache":
         try:
             return _cmd_cache(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
+    if argv and argv[0] == "report":   # a sweep's summary and report.html, rebuilt from its manifests
+        from .sweep.rebuild import report_command
+
+        try:
+            return report_command(argv[1:], Output())
         except UserError as err:
             _print_errors(err)
             return EXIT_USER

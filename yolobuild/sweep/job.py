@@ -60,10 +60,20 @@ def _build(overrides: list[str], settings: dict, out: JobOutput) -> dict:
     return row_from_manifest(overrides, code, manifest, Path(manifest["_dir"]), started)
 
 
+def _plain_start_method() -> None:
+    """A loky (joblib) worker sets its own start method, and a helper process the build spawns inherits
+    that name and cannot start without loky: the build's helpers start as plain spawned processes."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+        multiprocessing.set_start_method("spawn", force=True)
+
+
 def run_job(settings: dict, cfg) -> dict:
     """Hydra's task function (bound to settings with functools.partial)."""
     from hydra.core.hydra_config import HydraConfig
 
+    _plain_start_method()
     hc = HydraConfig.get()
     overrides = [str(o) for o in hc.overrides.task]
     if settings.get("cwd"):

@@ -28,7 +28,9 @@ def _svg(fig) -> str:
     plt.close(fig)
     text = buf.getvalue()
     text = text[text.index("<svg"):]                                      # no XML prologue or DOCTYPE
-    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)     # no RDF links
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)    # no RDF links
+    # inline SVG in HTML needs no namespace declarations (xlink:href still works): the page names no URL
+    return re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", text)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -123,12 +125,13 @@ def op_timeline(rows: list[dict]) -> str | None:
                 shared = users.get(op.get("fingerprint"), 0) > 1
                 ax.barh(y, max(op["seconds"], 0.02), left=x, height=0.6, color=colour[op["kind"]],
                         edgecolor="black" if shared else "none", linewidth=1.2)
-    for k in kinds:
-        ax.barh([], [], color=colour[k], label=k)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=colour[k], label=k) for k in kinds]
     ax.set_yticks(range(len(rows)), [f"#{r.get('job')} {r.get('target')} {r.get('precision')}" for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the sweep's first job started")
     ax.set_title("ops across jobs (bar: ran; black outline: ran once, reused by other jobs; tick: reused)")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    ax.legend(handles=handles, fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig)
