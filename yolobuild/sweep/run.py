@@ -46,6 +46,16 @@ def gather_rows(sweep_dir: Path, returns) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _stop_local_ray() -> None:
+    """The Ray launcher leaves the cluster it started running; the CLI ends with os._exit (no atexit),
+    so its processes would outlive the sweep."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()
+
+
 def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:
     from .hydra_app import multirun
     from .terminal import print_table
@@ -61,6 +71,7 @@ def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:
         returns = multirun(overrides, settings, sweep_dir)
     except KeyboardInterrupt:
         returns, interrupted = [], True
+    _stop_local_ray()
     rows = gather_rows(sweep_dir, returns)
     summary = {"dir": str(sweep_dir), "overrides": list(overrides), "launcher": _launcher(overrides),
                "started_at": t0, "seconds": round(time.time() - t0, 3), "jobs": rows}
