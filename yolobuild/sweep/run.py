@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -71,6 +72,9 @@ def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:
         returns = multirun(overrides, settings, sweep_dir)
     except KeyboardInterrupt:
         returns, interrupted = [], True
+    except UserError:   # no job started (a launcher not installed, say): no sweep folder is left
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
     _stop_local_ray()
     rows = gather_rows(sweep_dir, returns)
     summary = {"dir": str(sweep_dir), "overrides": list(overrides), "launcher": _launcher(overrides),
