@@ -28,7 +28,7 @@ def _jobs_table(rows: list[dict]) -> str:
         size = r["artifact_bytes"] / 1e6 if r.get("artifact_bytes") else None
         cells = (r.get("job"), " ".join(r["overrides"]), r["status"], r.get("reason"), p.get("boxes"),
                  p.get("objectness"), p.get("class_scores"), r.get("map_fp32"), r.get("map_built"),
-                 None if size is None else round(size, 2), r.get("seconds"),
+                 None if size is None else f"{size:.2f}", f"{r.get('seconds') or 0.0:.1f}",
                  f"{r.get('ops_ran', 0)}/{r.get('ops_cached', 0)}", f"{r.get('seconds_saved', 0.0):.1f}s")
         cls = ' class="failed"' if r["status"] == "failed" else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
@@ -58,10 +58,6 @@ def _shared_table(rows: list[dict]) -> str:
 
 
 def _plots(rows: list[dict]) -> list[tuple[str, str | None]]:
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        return [('Plots (they need matplotlib: pip install matplotlib)', None)]
     from . import plots
 
     return [("Accuracy against artifact size (per target × precision, Pareto front dashed)", plots.accuracy_vs_size(rows)),

@@ -31,14 +31,25 @@ class SweepConfigLoader(ConfigLoaderImpl):
     def __init__(self, config_search_path, sweep_dir: str):
         super().__init__(config_search_path=config_search_path)
         self.sweep_dir = sweep_dir
+        self._composed: dict = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_composed": {}}   # what a worker needs is the recipe, not this process's memo
 
     def _load_configuration_impl(self, config_name, overrides, run_mode, from_shell=True,
                                  validate_sweep_overrides=True):
+        """Every job of a sweep composes the same hydra node (only its task overrides differ): it is
+        composed once per process (~0.2 s each time otherwise) and copied."""
+        import copy
+
         parsed = OverridesParser.create().parse_overrides(list(overrides))
         hydra_side = [o.input_line for o in parsed if o.is_hydra_override()]
         task_side = [o.input_line for o in parsed if not o.is_hydra_override()]
-        cfg = super()._load_configuration_impl(config_name, hydra_side, run_mode, from_shell,
-                                               validate_sweep_overrides)
+        key = (config_name, tuple(hydra_side), run_mode, from_shell, validate_sweep_overrides)
+        if key not in self._composed:
+            self._composed[key] = super()._load_configuration_impl(config_name, hydra_side, run_mode, from_shell,
+                                                                   validate_sweep_overrides)
+        cfg = copy.deepcopy(self._composed[key])
         with open_dict(cfg.hydra):
             cfg.hydra.overrides.task.extend(task_side)
             cfg.hydra.job.override_dirname = ",".join(task_side)

@@ -1,36 +1,8 @@
-"""The sweep report's plots, drawn by matplotlib (Agg) as inline SVG: the page needs no network."""
+"""The sweep report's plots, as inline SVG (yolobuild.sweep.svg): the page needs no network."""
 from __future__ import annotations
 
-import io
-import re
-
 from .rows import FIELDS
-
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.fonttype"] = "none"     # text stays text: smaller, selectable
-    matplotlib.rcParams["svg.hashsalt"] = "yolobuild"  # the same sweep draws the same bytes
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _svg(fig) -> str:
-    plt = _pyplot()
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    text = buf.getvalue()
-    text = text[text.index("<svg"):]                                      # no XML prologue or DOCTYPE
-    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)    # no RDF links
-    # inline SVG in HTML needs no namespace declarations (xlink:href still works): the page names no URL
-    return re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", text)
+from .svg import PALETTE, Chart
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -44,33 +16,41 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _size(r: dict) -> str:
+    return f"{r['input']['height']}x{r['input']['width']}" if r.get("input") else ""
+
+
 def accuracy_vs_size(rows: list[dict]) -> str | None:
     """Built mAP50-95 against artifact size, one colour per target × precision, the Pareto front drawn."""
     usable = [r for r in rows if r.get("map_built") is not None and r.get("artifact_bytes")]
     if not usable:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = [r["artifact_bytes"] / 1e6 for r in usable]
+    ys = [r["map_built"] for r in usable]
+    pad_x, pad_y = (max(xs) - min(xs)) * 0.1 or 0.5, (max(ys) - min(ys)) * 0.15 or 0.01
+    chart = Chart(900, 420, (max(0.0, min(xs) - pad_x), max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y),
+                  "accuracy against artifact size", "artifact size (MB)", "built mAP50-95")
     groups = sorted({(r["target"], r["precision"]) for r in usable})
-    for n, group in enumerate(groups):
-        members = [r for r in usable if (r["target"], r["precision"]) == group]
-        ax.scatter([r["artifact_bytes"] / 1e6 for r in members], [r["map_built"] for r in members], s=60,
-                   color=PALETTE[n % len(PALETTE)], label=f"{group[0]} · {group[1]}", zorder=3)
-        for r in members:
-            size = f"{r['input']['height']}x{r['input']['width']}" if r.get("input") else ""
-            ax.annotate(f"#{r['job']} {size}", (r["artifact_bytes"] / 1e6, r["map_built"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
-    points = [(r["artifact_bytes"] / 1e6, r["map_built"]) for r in usable]
-    front = [points[i] for i in pareto_front(points)]
-    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle="--",
-            linewidth=1, label="Pareto front", zorder=2)
-    ax.scatter([p[0] for p in front], [p[1] for p in front], s=160, facecolors="none", edgecolors="black", zorder=4)
-    ax.set_xlabel("artifact size (MB)")
-    ax.set_ylabel("built mAP50-95")
-    ax.set_title("accuracy against artifact size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _svg(fig)
+    colour = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
+    front = set(pareto_front(list(zip(xs, ys))))
+    ordered = sorted(front, key=lambda i: xs[i])
+    if ordered:
+        steps = []
+        for a, b in zip(ordered, ordered[1:]):
+            steps += [(xs[a], ys[a]), (xs[b], ys[a])]
+        steps.append((xs[ordered[-1]], ys[ordered[-1]]))
+        chart.polyline(steps)
+    for i, r in enumerate(usable):
+        g = (r["target"], r["precision"])
+        tip = f"job {r['job']}: {' '.join(r['overrides'])}"
+        chart.point(xs[i], ys[i], colour[g], tip=tip)
+        if i in front:
+            chart.point(xs[i], ys[i], "#000", r=9, hollow=True, tip=f"on the Pareto front: {tip}")
+        chart.label(xs[i], ys[i], f"#{r['job']} {_size(r)}")
+    for g in groups:
+        chart.key(f"{g[0]} · {g[1]}", colour[g])
+    chart.key("Pareto front (circled)", "#000", "dash")
+    return chart.render()
 
 
 def parity_bars(rows: list[dict]) -> str | None:
@@ -78,26 +58,27 @@ def parity_bars(rows: list[dict]) -> str | None:
     usable = [r for r in rows if any(v is not None for v in (r.get("parity") or {}).values())]
     if not usable:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(usable) + 2), 3.8))
+    floor = 1e-9
+    gaps = [max(floor, 1 - v) for r in usable for v in r["parity"].values() if v is not None]
+    names = [f"#{r['job']} {r['target']}\n{r['precision']} {_size(r)}" for r in usable]
+    chart = Chart(max(700, 110 * len(usable) + 300), 380, (-0.6, len(usable) - 0.4), (floor, max(gaps) * 10),
+                  "parity with PyTorch, per output field", "", "1 − cosine (log; lower is closer)", log_y=True,
+                  categories=names, bottom=60)
     width = 0.8 / len(FIELDS)
     for k, field in enumerate(FIELDS):
-        xs = [i + (k - 1) * width for i in range(len(usable))]
-        ys = [max(1e-9, 1 - r["parity"][field]) if r["parity"].get(field) is not None else 0 for r in usable]
-        ax.bar(xs, ys, width=width, label=field, color=PALETTE[k])
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(usable)), [f"#{r['job']} {r['target']}\n{r['precision']} "
-                                       f"{r['input']['height']}x{r['input']['width']}" for r in usable], fontsize=7)
-    ax.set_ylabel("1 − cosine (log)")
-    ax.set_title("parity with PyTorch, per output field")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return _svg(fig)
+        chart.key(field, PALETTE[k])
+        for i, r in enumerate(usable):
+            v = r["parity"].get(field)
+            if v is None:
+                continue
+            chart.rect(i - 0.4 + k * width, floor, width * 0.95, max(floor, 1 - v), PALETTE[k],
+                       tip=f"job {r['job']} {field}: cosine {v:.8f}")
+    return chart.render()
 
 
 def op_timeline(rows: list[dict]) -> str | None:
-    """Ops across jobs against wall time: solid where an op ran, a hollow tick where a job reused it;
-    ops that ran once and were shared with other jobs are outlined in black."""
+    """Ops across jobs against wall time: a bar where an op ran (black outline: ran once, other jobs
+    reused it), a tick where a job reused an op another build ran."""
     starts = [r["started_at"] for r in rows if r.get("started_at") and r.get("ops")]
     if not starts:
         return None
@@ -109,9 +90,15 @@ def op_timeline(rows: list[dict]) -> str | None:
                 users[op["fingerprint"]] = users.get(op["fingerprint"], 0) + 1
     kinds = sorted({op["kind"] for r in rows for op in r["ops"]})
     colour = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(kinds)}
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
-    for y, r in enumerate(rows):
+    end = max((r["started_at"] - t0 + (op.get("started") or 0) + (op["seconds"] if op["status"] != "cached" else 0))
+              for r in rows if r.get("started_at") for op in r["ops"])
+    height = 36 * len(rows) + 90
+    names = [f"#{r.get('job')} {r.get('target')} {r.get('precision')} {_size(r)}" for r in rows]
+    chart = Chart(900, height + 15 * len(kinds) // 3, (0, max(end, 1.0) * 1.02), (len(rows) - 0.5, -0.5),
+                  "ops across jobs: bar = ran (black outline: ran once, reused by other jobs), tick = reused",
+                  "seconds since the sweep's first job started", "", left=200, y_ticks=False, right=20)
+    for y, (r, name) in enumerate(zip(rows, names)):
+        chart.body.append(f'<text x="194" y="{chart.y(y) + 4:.1f}" font-size="10" text-anchor="end">{name}</text>')
         if not r.get("started_at"):
             continue
         base = r["started_at"] - t0
@@ -119,19 +106,14 @@ def op_timeline(rows: list[dict]) -> str | None:
             if op.get("started") is None:
                 continue
             x = base + op["started"]
+            tip = f"job {r['job']} {op['id']} {op['status']} {op['seconds']:.2f}s {str(op.get('fingerprint'))[:12]}"
             if op["status"] == "cached":
-                ax.plot([x], [y], marker="|", markersize=14, color=colour[op["kind"]], alpha=0.6)
+                chart.tick_mark(x, y, 12, colour[op["kind"]], tip=tip)
             else:
                 shared = users.get(op.get("fingerprint"), 0) > 1
-                ax.barh(y, max(op["seconds"], 0.02), left=x, height=0.6, color=colour[op["kind"]],
-                        edgecolor="black" if shared else "none", linewidth=1.2)
-    from matplotlib.patches import Patch
-
-    handles = [Patch(color=colour[k], label=k) for k in kinds]
-    ax.set_yticks(range(len(rows)), [f"#{r.get('job')} {r.get('target')} {r.get('precision')}" for r in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds since the sweep's first job started")
-    ax.set_title("ops across jobs (bar: ran; black outline: ran once, reused by other jobs; tick: reused)")
-    ax.legend(handles=handles, fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.3))
-    ax.grid(axis="x", alpha=0.3)
-    return _svg(fig)
+                chart.rect(x, y + 0.3, op["seconds"], y - 0.3, colour[op["kind"]],
+                           outline="#000" if shared else None, tip=tip)
+    svg = chart.render()
+    legend = "".join(f'<span style="display:inline-block;margin-right:12px"><span style="display:inline-block;'
+                     f'width:12px;height:10px;background:{colour[k]}"></span> {k}</span>' for k in kinds)
+    return f'{svg}<div style="font-size:11px;max-width:900px">{legend}</div>'
