@@ -282,6 +282,15 @@ def clean_abandoned_staging(build_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def readable_sibling(build_dir: Path) -> Path:
+    """`demo_onnxruntime_fp32_320x320-1a2b3c4d` -> `demo_onnxruntime_fp32_320x320`: a first build with an
+    override explains what changed against the build without it (`param head changed: "raw" -> "split"`)."""
+    import re
+
+    match = re.fullmatch(r"(.*_\d+x\d+)-[0-9a-f]{8}", build_dir.name)
+    return build_dir.with_name(match.group(1)) if match else build_dir
+
+
 def refuse_another_configuration(config: Mapping, build_dir: Path) -> None:
     """A build folder holding another configuration's build (its manifest lists other overrides) is
     never replaced: that would silently lose the other build. Folders from before overrides were
@@ -309,7 +318,7 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
         raise UserError(f"cache.dir: {cache.root} is not writable ({exc.strerror}) (YOLOBUILD_CACHE / cache.dir)") from None
     if (cache.root / "tmp").is_dir():
         cache.clean_abandoned_tmp()   # what a killed build left
-    runner = Runner(cache, _previous_keys(build_dir), on_op)
+    runner = Runner(cache, _previous_keys(build_dir) or _previous_keys(readable_sibling(build_dir)), on_op)
     ex = runner.run(plan)
     if ex.interrupted:
         return BuildResult(plan, build_dir, {}, EXIT_INTERRUPTED, "finished ops stay cached")

@@ -47,11 +47,16 @@ def gather_rows(sweep_dir: Path, returns) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def _stop_local_ray() -> None:
-    """The Ray launcher leaves the cluster it started running; the CLI ends with os._exit (no atexit),
-    so its processes would outlive the sweep."""
+def _stop_launcher_workers() -> None:
+    """Launchers leave their workers running for a next batch: joblib's loky processes (idle for minutes,
+    holding the terminal's output open), the Ray cluster it started. The CLI ends with os._exit (no
+    atexit), so they would outlive the sweep: they are stopped here."""
     import sys
 
+    reusable = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(reusable, "_executor", None)
+    if executor is not None:   # joblib's MemmappingExecutor also removes its temporary folder on terminate
+        (executor.terminate if hasattr(executor, "terminate") else executor.shutdown)()
     ray = sys.modules.get("ray")
     if ray is not None and getattr(ray, "is_initialized", lambda: False)():
         ray.shutdown()
@@ -75,7 +80,7 @@ def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:
     except UserError:   # no job started (a launcher not installed, say): no sweep folder is left
         shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
-    _stop_local_ray()
+    _stop_launcher_workers()
     rows = gather_rows(sweep_dir, returns)
     summary = {"dir": str(sweep_dir), "overrides": list(overrides), "launcher": _launcher(overrides),
                "started_at": t0, "seconds": round(time.time() - t0, 3), "jobs": rows}
