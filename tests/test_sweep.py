@@ -148,3 +148,15 @@ def test_calibrate_methods_keep_their_own_folders(tmp_path):
         assert manifest["overrides"] == [f"target.backend_options.calibrate_method={method}"]
         assert any((op.get("key") or {}).get("params", {}).get("options", {}).get("calibrate_method") == method
                    or f'"calibrate_method": "{method}"' in json.dumps(op.get("key")) for op in manifest["ops"])
+
+
+@needs("hydra_optuna_sweeper", "optuna")
+def test_optuna_sweeper_searches_with_the_built_map(joblib_sweep):
+    root, _, _ = joblib_sweep   # its builds are cached: the search reuses them
+    r = run_cli("--multirun", *SMALL, "precision=fp32", "input.width=choice(96,128)", "hydra/sweeper=optuna",
+                "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize", f"workspace.path={root / 'ws'}",
+                f"cache.dir={root / 'cache'}", cwd=root)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    latest = root / "ws" / "sweeps" / "latest"
+    assert (latest / "optimization_results.yaml").is_file()
+    assert all(j["status"] == "compiled" for j in json.loads((latest / "summary.json").read_text())["jobs"])
