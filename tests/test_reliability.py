@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import build_dir
-
 from yolobuild.engine.cache import sha256_file
+
+from .conftest import build_dir
 
 pytestmark = pytest.mark.reliability
 
