@@ -23,6 +23,21 @@ def isolated_cache(tmp_path, monkeypatch):
     return cache
 
 
+def build_dir(ws: Path, name: str) -> Path:
+    """ws/name, or the one ws/name-<digest>: a build with overrides its readable name does not show
+    (model.weights=random, evaluate.enabled=false, ...) carries their digest in its folder's name."""
+    plain = ws / name
+    if plain.exists():
+        return plain
+    found = sorted(ws.glob(f"{name}-" + "[0-9a-f]" * 8))
+    return found[0] if len(found) == 1 else plain
+
+
+def built_folder(ws: Path, stdout: str) -> Path:
+    """The folder a build wrote, from its `building NAME` line."""
+    return ws / next(line.split()[1] for line in stdout.splitlines() if line.startswith("building "))
+
+
 def cli_in_process(*args: str) -> tuple[int, str, str]:
     """yolobuild in this process (saves a torch import per build); returns (exit code, stdout, stderr)."""
     import contextlib

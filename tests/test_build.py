@@ -12,14 +12,14 @@ import pytest
 from yolobuild.engine.cache import sha256_file
 from yolobuild.validate import ASSETS_DIR
 
-from .conftest import run_cli
+from .conftest import build_dir, built_folder, run_cli
 
 DEMO_WEIGHTS = ASSETS_DIR / "demo-yolov5n-shapes.pt"
 FIELDS = ("boxes", "objectness", "class_scores")
 
 
 def manifest_of(ws: Path, name: str) -> dict:
-    return json.loads((ws / name / "manifest.json").read_text())
+    return json.loads((build_dir(ws, name) / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_demo_builds_with_parity_and_accuracy(demo):
     assert {"torch", "onnx", "onnxruntime", "yolobuild"} <= set(m["tools"])
     for op in m["ops"]:
         assert op["status"] == "ran" and op["reason"] == "no cache entry"
-    build = root / "ws" / "demo_onnxruntime_fp32_320x320"
+    build = build_dir(root / "ws", "demo_onnxruntime_fp32_320x320")
     for op in m["ops"]:
         for out in op["outputs"].values():
             assert not Path(out["path"]).is_absolute(), out          # no machine paths in the manifest
@@ -72,7 +72,9 @@ def test_changed_param_reruns_from_the_changed_op_and_says_why(demo):
     root, args, _ = demo
     r = run_cli(*args, "graph.head=split", cwd=root)
     assert r.returncode == 0, r.stderr
-    m = manifest_of(root / "ws", "demo_onnxruntime_fp32_320x320")
+    folder = built_folder(root / "ws", r.stdout)
+    assert folder.name.startswith("demo_onnxruntime_fp32_320x320-")   # its own folder; the reason still says why
+    m = json.loads((folder / "manifest.json").read_text())
     ops = {op["id"]: op for op in m["ops"]}
     assert ops["load_model"]["status"] == "cached" and ops["reference"]["status"] == "cached"
     assert ops["patch"]["status"] == "ran"
@@ -95,7 +97,7 @@ def test_demo_int8_keeps_accuracy(demo):
 
 def test_bad_weights_exit_2_and_leave_cache_and_workspace_intact(demo, tmp_path):
     root, args, _ = demo
-    build = root / "ws" / "demo_onnxruntime_fp32_320x320"
+    build = build_dir(root / "ws", "demo_onnxruntime_fp32_320x320")
     before = {p.name: p.stat().st_mtime_ns for p in build.iterdir()}
     entries_before = sorted((root / "cache" / "entries").rglob("*.json"))
     truncated = tmp_path / "truncated.pt"
@@ -134,7 +136,7 @@ def test_random_yolov5s_builds_and_is_labelled(tmp_path):
     assert m["random_weights"] is True and m["status"] == "compiled"
     for field in FIELDS:
         assert m["parity"][field]["cosine"] >= 0.99999
-    assert "Random weights" in (tmp_path / "ws" / "yolov5s_onnxruntime_fp32_640x640" / "report.md").read_text()
+    assert "Random weights" in (build_dir(tmp_path / "ws", "yolov5s_onnxruntime_fp32_640x640") / "report.md").read_text()
 
 
 def test_int8_with_user_calibration_folder_rejects_non_images(tmp_path):
@@ -146,7 +148,7 @@ def test_int8_with_user_calibration_folder_rejects_non_images(tmp_path):
                 f"workspace.path={tmp_path / 'ws'}", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "fake.jpg" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "ws" / "yolov5n_onnxruntime_int8_160x160" / "manifest.json").exists()
+    assert not (build_dir(tmp_path / "ws", "yolov5n_onnxruntime_int8_160x160") / "manifest.json").exists()
 
 
 def test_relative_cache_and_workspace_paths(tmp_path):
@@ -155,7 +157,7 @@ def test_relative_cache_and_workspace_paths(tmp_path):
     r = run_cli("cache.dir=cache", "workspace.path=ws", "input.width=96", "input.height=96",
                 "evaluate.enabled=false", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert (tmp_path / "cache" / "objects").is_dir() and (tmp_path / "ws" / "demo_onnxruntime_fp32_96x96").is_dir()
+    assert (tmp_path / "cache" / "objects").is_dir() and (build_dir(tmp_path / "ws", "demo_onnxruntime_fp32_96x96")).is_dir()
 
 
 def test_ctrl_c_mid_build_exits_130_and_the_next_build_reuses_what_finished(tmp_path):

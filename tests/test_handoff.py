@@ -21,7 +21,7 @@ import yaml
 from yolobuild.toolchains.handoff.bundle import PREVIEW_LABEL
 from yolobuild.toolchains.vamc.steps import VENDOR as VAMC
 
-from .conftest import cli_in_process as cli
+from .conftest import build_dir, cli_in_process as cli
 
 FAKES = Path(__file__).parent / "fakes"
 SMALL = ("recipe=demo", "input.width=160", "input.height=160", "dataset.generator.calib_count=8",
@@ -82,7 +82,7 @@ def fake_bin(tmp: Path) -> Path:
 def va1(root):
     code, out, err = build(root, "target=va1", "precision=int8")
     assert code == 0, out + err
-    return root / "ws" / "demo_va1_int8_160x160", out
+    return build_dir(root / "ws", "demo_va1_int8_160x160"), out
 
 
 def test_va1_int8_bundle_is_complete_and_honest(va1):
@@ -146,7 +146,7 @@ def test_va1_vamc2_layout_and_extra_ops_follow_recipe_keys(root):
     code, out, err = build(root, "target=va1", "precision=fp16", "backend.options.vamc_version=2",
                            "backend.options.extra_ops=true", ws="ws2")
     assert code == 0, out + err
-    b = root / "ws2" / "demo_va1_fp16_160x160" / "handoff"
+    b = build_dir(root / "ws2", "demo_va1_fp16_160x160") / "handoff"
     cfg = yaml.safe_load((b / "build.yaml").read_text())
     assert schema_errors(cfg, "vamc2_build.schema.json") == []
     assert cfg["engine"]["dtype"] == "fp16" and cfg["engine"]["common"] == {"do_quantization": False}
@@ -167,7 +167,7 @@ def test_va1_vamc2_layout_and_extra_ops_follow_recipe_keys(root):
 def mlu220(root):
     code, out, err = build(root, "target=mlu220", "precision=int8")
     assert code == 0, out + err
-    return root / "ws" / "demo_mlu220_int8_160x160"
+    return build_dir(root / "ws", "demo_mlu220_int8_160x160")
 
 
 def _import_path(path: Path, name: str):
@@ -229,7 +229,7 @@ def test_mlu_bundle_follows_recipe_keys(root, mlu220):
     code, out, err = build(root, "target=mlu270", "precision=int16", "backend.options.core_number=4",
                            "backend.options.per_channel=true", "backend.options.iteration=3")
     assert code == 0, out + err
-    b = root / "ws" / "demo_mlu270_int16_160x160" / "handoff"
+    b = build_dir(root / "ws", "demo_mlu270_int16_160x160") / "handoff"
     run_sh = (b / "run.sh").read_text()
     assert "-mcore MLU270 -core_number 4" in run_sh and "-fake_device 0 -quantized_mode 2" in run_sh
     q = (b / "quantize.py").read_text()
@@ -244,7 +244,7 @@ def test_mlu_bundle_follows_recipe_keys(root, mlu220):
 def test_mlu_fp16_has_no_quantize_step(root, tmp_path):
     code, out, err = build(root, "target=mlu270", "precision=fp16")
     assert code == 0, out + err
-    b = root / "ws" / "demo_mlu270_fp16_160x160" / "handoff"
+    b = build_dir(root / "ws", "demo_mlu270_fp16_160x160") / "handoff"
     assert not (b / "quantize.py").exists() and not (b / "calib").exists()
     r, calls = run_bundle(b, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -258,7 +258,7 @@ def test_mlu_fp16_has_no_quantize_step(root, tmp_path):
 def test_rknn1_bundle_and_convert_py_against_fake_rknn(root, tmp_path, chip):
     code, out, err = build(root, f"target={chip}", "precision=int8")
     assert code == 0, out + err
-    d = root / "ws" / f"demo_{chip}_int8_160x160"
+    d = build_dir(root / "ws", f"demo_{chip}_int8_160x160")
     b = d / "handoff"
     import onnx
 
@@ -289,7 +289,7 @@ def test_rknn1_pre_compile_needs_the_raw_head(root):
 def test_bm1684_tpu_nntc_bundle_runs_with_fake_sdk(root, tmp_path):
     code, out, err = build(root, "target=bm1684", "precision=int8", "backend.toolchain=tpu-nntc")
     assert code == 0, out + err
-    d = root / "ws" / "demo_bm1684_int8_160x160"
+    d = build_dir(root / "ws", "demo_bm1684_int8_160x160")
     m = manifest(d)
     assert m["status"] == "handoff"
     assert {"export_torchscript", "handoff", "preview"} <= {o["id"] for o in m["ops"]}
@@ -307,7 +307,7 @@ def test_bm1684_tpu_nntc_bundle_runs_with_fake_sdk(root, tmp_path):
 def test_bm1684_tpu_nntc_fp32_runs_bmnetp(root, tmp_path):
     code, out, err = build(root, "target=bm1684", "precision=fp32", "backend.toolchain=tpu-nntc")
     assert code == 0, out + err
-    r, calls = run_bundle(root / "ws" / "demo_bm1684_fp32_160x160" / "handoff", tmp_path)
+    r, calls = run_bundle(build_dir(root / "ws", "demo_bm1684_fp32_160x160") / "handoff", tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert [c["call"] for c in calls] == ["bmnetp"]
     assert calls[0]["kwargs"]["shapes"] == "[[1,3,160,160]]" and calls[0]["kwargs"]["outputs"] == 3
@@ -343,7 +343,7 @@ def test_a_bundle_the_user_edited_is_never_overwritten(root):
     args = ("target=va1", "precision=fp16")
     code, out, err = build(root, *args, ws="ws_edit")
     assert code == 0, out + err
-    d = root / "ws_edit" / "demo_va1_fp16_160x160"
+    d = build_dir(root / "ws_edit", "demo_va1_fp16_160x160")
     (d / "handoff" / "build.yaml").write_text((d / "handoff" / "build.yaml").read_text() + "# my tweak\n")
     code, out, err = build(root, *args, ws="ws_edit")  # nothing new: the edits stay, nothing beside
     assert code == 0 and "# my tweak" in (d / "handoff" / "build.yaml").read_text()
@@ -364,7 +364,7 @@ def test_vendor_tool_present_runs_it(root, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_VENDOR_LOG", str(log))
     code, out, err = build(root, "target=va1", "precision=fp16", ws="ws_tool")
     assert code == 0, out + err
-    d = root / "ws_tool" / "demo_va1_fp16_160x160"
+    d = build_dir(root / "ws_tool", "demo_va1_fp16_160x160")
     res = {o["id"]: o for o in manifest(d)["ops"]}["handoff"]["results"]
     assert res["vendor_tool"]["ran"] is True and res["vendor_tool"]["found"].startswith("vamc on PATH")
     assert (d / "handoff" / "deploy_weights" / "demo_va1_fp16" / "mod.so").is_file()

@@ -16,7 +16,7 @@ from yolobuild.errors import ToolchainError, UserError
 from yolobuild.runtime.arrays import load_npz, save_npz
 from yolobuild.toolchains.openvino import steps
 
-from .conftest import REPO, cli_in_process
+from .conftest import build_dir, REPO, cli_in_process
 
 PACKAGE = REPO / "yolobuild" / "toolchains" / "openvino"
 DECLARATION = yaml.safe_load((PACKAGE / "toolchain.yaml").read_text())
@@ -184,7 +184,7 @@ def _build(demo, precision: str) -> dict:
     root, args = demo
     code, out, err = cli_in_process(*DEMO, f"precision={precision}", *args)
     assert code == 0, out + err
-    folder = root / "ws" / f"demo_openvino_{precision}_320x320"
+    folder = build_dir(root / "ws", f"demo_openvino_{precision}_320x320")
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
     m = json.loads((folder / "manifest.json").read_text())
     assert m["status"] == "compiled" and m["target"] == "openvino"
@@ -212,7 +212,7 @@ def test_the_deploy_folder_holds_the_whole_ir(demo):
     from yolobuild.engine.cache import sha256_file
 
     _build(demo, "fp32")   # cached when the fp32 test ran
-    build = demo[0] / "ws" / "demo_openvino_fp32_320x320"
+    build = build_dir(demo[0] / "ws", "demo_openvino_fp32_320x320")
     folder = build / "deploy"
     assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
     for name in ("model.xml", "model.bin"):   # the very files the build checked

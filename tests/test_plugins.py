@@ -7,7 +7,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from .conftest import REPO, run_cli
+from .conftest import build_dir, REPO, run_cli
 
 SMALL = ("input.width=160", "input.height=160", "check.parity_images=2")
 
@@ -96,7 +96,7 @@ def toy_distribution(root: Path) -> Path:
 
 
 def manifest(ws: Path, name: str) -> dict:
-    return json.loads((ws / name / "manifest.json").read_text())
+    return json.loads((build_dir(ws, name) / "manifest.json").read_text())
 
 
 def test_a_toolchain_from_a_third_party_distribution_builds_end_to_end(tmp_path):
@@ -112,7 +112,7 @@ def test_a_toolchain_from_a_third_party_distribution_builds_end_to_end(tmp_path)
     ops = {o["id"]: o for o in m["ops"]}
     assert ops["compile"]["results"]["threads"] == 2
     assert min(v["cosine"] for v in m["parity"].values()) > 0.9999
-    assert (tmp_path / "ws" / "demo_toy1_fp32_160x160" / "model.toy").is_file()
+    assert (build_dir(tmp_path / "ws", "demo_toy1_fp32_160x160") / "model.toy").is_file()
 
 
 def test_a_toolchain_declared_without_steps_fails_honestly(tmp_path):

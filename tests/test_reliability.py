@@ -17,6 +17,8 @@ import pytest
 
 from yolobuild.engine.cache import sha256_file
 
+from .conftest import build_dir
+
 pytestmark = pytest.mark.reliability
 
 BUILD = "demo_onnxruntime_int8_320x320"
@@ -58,7 +60,7 @@ def reference(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("reference")
     proc = _start(tmp, tmp / "cache", tmp / "ws")
     assert proc.wait(timeout=900) == 0, proc.stderr.read().decode()
-    return _artifacts(tmp / "ws" / BUILD)
+    return _artifacts(build_dir(tmp / "ws", BUILD))
 
 
 def test_ten_sigkills_at_random_points_then_resume_byte_identical(tmp_path, reference):
@@ -83,7 +85,7 @@ def test_ten_sigkills_at_random_points_then_resume_byte_identical(tmp_path, refe
     assert kills >= 5
     proc = _start(tmp_path, cache, ws)
     assert proc.wait(timeout=900) == 0, proc.stderr.read().decode()
-    assert _artifacts(ws / BUILD) == reference
+    assert _artifacts(build_dir(ws, BUILD)) == reference
     assert not list((cache / "tmp").glob("*"))                 # what killed builds left was cleaned
     assert not [p for p in ws.iterdir() if p.name.startswith(".")]
 
@@ -93,21 +95,21 @@ def test_four_concurrent_builds_share_one_cache(tmp_path, reference):
     procs = [_start(tmp_path, cache, tmp_path / f"ws{i}") for i in range(4)]
     for p in procs:
         assert p.wait(timeout=1200) == 0, p.stderr.read().decode()
-    manifests = [json.loads((tmp_path / f"ws{i}" / BUILD / "manifest.json").read_text()) for i in range(4)]
+    manifests = [json.loads((build_dir(tmp_path / f"ws{i}", BUILD) / "manifest.json").read_text()) for i in range(4)]
     ran: dict[str, int] = {}
     for m in manifests:
         for op in m["ops"]:
             ran[op["fingerprint"]] = ran.get(op["fingerprint"], 0) + (op["status"] == "ran")
     assert set(ran.values()) == {1}, ran                      # each op ran once; the others reused it
     for i in range(4):
-        assert _artifacts(tmp_path / f"ws{i}" / BUILD) == reference
+        assert _artifacts(build_dir(tmp_path / f"ws{i}", BUILD)) == reference
     assert _verify(cache).returncode == 0
 
 
 def test_verify_finds_a_flipped_byte_and_repair_makes_the_op_run_again(tmp_path, reference):
     cache, ws = tmp_path / "cache", tmp_path / "ws"
     assert _start(tmp_path, cache, ws).wait(timeout=900) == 0
-    m = json.loads((ws / BUILD / "manifest.json").read_text())
+    m = json.loads((build_dir(ws, BUILD) / "manifest.json").read_text())
     quantize = next(o for o in m["ops"] if o["id"] == "quantize")
     sha = quantize["outputs"]["model.onnx"]["sha256"]
     obj = cache / "objects" / sha[:2] / sha
@@ -121,9 +123,9 @@ def test_verify_finds_a_flipped_byte_and_repair_makes_the_op_run_again(tmp_path,
     assert r.returncode == 0 and "repaired" in r.stdout, r.stdout
     assert _verify(cache).returncode == 0
     assert _start(tmp_path, cache, ws).wait(timeout=900) == 0
-    m = json.loads((ws / BUILD / "manifest.json").read_text())
+    m = json.loads((build_dir(ws, BUILD) / "manifest.json").read_text())
     assert next(o for o in m["ops"] if o["id"] == "quantize")["status"] == "ran"
-    assert _artifacts(ws / BUILD) == reference
+    assert _artifacts(build_dir(ws, BUILD)) == reference
 
 
 def test_gc_removes_what_no_build_reads_and_keeps_the_budget(tmp_path):

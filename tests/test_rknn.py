@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import build_dir, run_cli
 
 pytestmark = pytest.mark.toolchain
 FIELDS = ("boxes", "objectness", "class_scores")
@@ -25,7 +25,7 @@ def rk_builds(tmp_path_factory):
 
 
 def manifest(root: Path, precision: str) -> dict:
-    return json.loads((root / "ws" / f"demo_rk3588_{precision}_320x320" / "manifest.json").read_text())
+    return json.loads((build_dir(root / "ws", f"demo_rk3588_{precision}_320x320") / "manifest.json").read_text())
 
 
 def test_rk3588_fp16_matches_pytorch_per_field(rk_builds):
@@ -36,7 +36,7 @@ def test_rk3588_fp16_matches_pytorch_per_field(rk_builds):
     for field in FIELDS:
         assert m["parity"][field]["cosine"] >= 0.9999, m["parity"]
     assert m["tools"]["rknn-toolkit2:rknn-toolkit2"] == "2.5.0"
-    build = root / "ws" / "demo_rk3588_fp16_320x320"
+    build = build_dir(root / "ws", "demo_rk3588_fp16_320x320")
     assert (build / "model.rknn").stat().st_size > 100_000
     assert (build / "logs" / "compile.log").exists()
     # one toolkit session built, exported and simulated: the simulated model is the shipped file

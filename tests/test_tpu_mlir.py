@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import build_dir, run_cli
 
 pytestmark = pytest.mark.toolchain
 FIELDS = ("boxes", "objectness", "class_scores")
@@ -91,7 +91,7 @@ def test_int8_keeps_accuracy_with_a_higher_precision_head(tpu_builds):
 
 def test_rebuild_is_a_cache_hit_that_starts_no_worker(tpu_builds):
     root, common, _ = tpu_builds
-    log = root / "ws" / "demo_bm1684x_int8_320x320" / "logs" / "simulate.log"
+    log = build_dir(root / "ws", "demo_bm1684x_int8_320x320") / "logs" / "simulate.log"
     before = log.stat().st_mtime_ns
     # a cache hit reads the environment's marker file only: no op runs, so no worker (the only thing
     # that starts the environment's Python 3.10) starts, and its log is not rewritten

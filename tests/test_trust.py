@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import run_cli
+from .conftest import build_dir, run_cli
 
 
 def _fork(root: Path, common_py: str) -> Path:
@@ -145,7 +145,7 @@ def _flip_one_byte(path: Path) -> None:
 def _manifest(tmp_path) -> dict:
     import json
 
-    return json.loads((tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "manifest.json").read_text())
+    return json.loads((build_dir(tmp_path / "ws", "demo_onnxruntime_fp32_320x320") / "manifest.json").read_text())
 
 
 def _object(cache: Path, sha: str) -> Path:
@@ -163,7 +163,7 @@ def test_a_flipped_byte_in_a_cached_onnx_reruns_its_op_and_ships_the_right_bytes
     assert code == 0, out + err
     first = _manifest(tmp_path)
     sha = _op(first, "simplify")["outputs"]["model.onnx"]["sha256"]
-    shipped = tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "model.onnx"
+    shipped = build_dir(tmp_path / "ws", "demo_onnxruntime_fp32_320x320") / "model.onnx"
     shipped.unlink()                                   # so the next build copies it from the cache again
     _flip_one_byte(_object(isolated_cache, sha))
 
@@ -232,7 +232,7 @@ def test_a_recipe_reading_the_environment_needs_allow_env(tmp_path, monkeypatch)
     leaked = [p for root in (tmp_path / "ws", tmp_path / "cache") for p in root.rglob("*")
               if p.is_file() and b"s3cr3t-t0ken-value" in p.read_bytes()]
     assert not leaked, leaked
-    manifest = (tmp_path / "ws" / "envdemo_onnxruntime_fp32_320x320" / "manifest.json").read_text()
+    manifest = (build_dir(tmp_path / "ws", "envdemo_onnxruntime_fp32_320x320") / "manifest.json").read_text()
     assert "${oc.env:DEMO_WEIGHTS_SECRET}" in manifest
 
 
@@ -243,7 +243,7 @@ def test_written_files_are_readable_by_the_group(tmp_path):
     code, out, err = cli_in_process("validate", f"workspace.path={tmp_path / 'ws'}")
     code, out, err = cli_in_process("plan", f"workspace.path={tmp_path / 'ws'}")
     assert code == 0, out + err
-    mode = stat.S_IMODE((tmp_path / "ws" / "demo_onnxruntime_fp32_320x320" / "plan.json").stat().st_mode)
+    mode = stat.S_IMODE((build_dir(tmp_path / "ws", "demo_onnxruntime_fp32_320x320") / "plan.json").stat().st_mode)
     assert mode & 0o044 == 0o044, oct(mode)
 
 

@@ -12,7 +12,7 @@ from yolobuild.compose import compose, expand_sweep
 from yolobuild.errors import UserError
 from yolobuild.validate import validate
 
-from .conftest import run_cli
+from .conftest import build_dir, run_cli
 
 
 def problems(*overrides, config_dirs=()):
@@ -233,7 +233,7 @@ def test_plan_writes_plan_json(tmp_path):
     r = run_cli("plan", "recipe=yolov5s", "model.weights=random", "precision=int8",
                 "input.width=736", "input.height=416", f"workspace.path={tmp_path / 'ws'}")
     assert r.returncode == 0, r.stderr
-    plan = json.loads((tmp_path / "ws" / "yolov5s_onnxruntime_int8_416x736" / "plan.json").read_text())
+    plan = json.loads((build_dir(tmp_path / "ws", "yolov5s_onnxruntime_int8_416x736") / "plan.json").read_text())
     kinds = [op["kind"] for op in plan["ops"]]
     for kind in ("load_model", "patch", "export_onnx", "simplify", "calibrate", "quantize", "compile", "check_parity"):
         assert kind in kinds

@@ -22,6 +22,7 @@ usage: yolobuild [build|validate|plan|lock] [KEY=VALUE ...] [--multirun] [--conf
        yolobuild inspect model.weights=PATH|builtin:NAME [model.trust_checkpoint=true] [model.source.repo=DIR]
        yolobuild cache verify [--repair] [cache.dir=DIR] | gc [cache.max_size=SIZE] [cache.dir=DIR]
        yolobuild benchmark BUILD_DIR [--runs N] [--warmup N] [--threads N]
+       yolobuild report SWEEP_DIR   (a --multirun sweep's summary.json/csv and report.html, from its manifests)
 
 Compose a build from Hydra config groups, validate it, lower it into a plan of ops and run
 it through a content-addressed cache. With no arguments: the embedded demo (a YOLOv5n
@@ -62,7 +63,11 @@ overrides (Hydra grammar): key=value, +key=value (new key), ~key (delete),
                workspace.path=DIR  cache.dir=DIR (or YOLOBUILD_CACHE)
 
 options:
-  -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8
+  -m, --multirun         sweep comma-separated choices: target=rk3588,bm1684x precision=fp16,int8; each job runs
+                         on Hydra's launcher: hydra/launcher=basic (default, one at a time) | joblib
+                         hydra.launcher.n_jobs=N | ray | submitit_local | submitit_slurm, or a sweeper such as
+                         hydra/sweeper=optuna (extras: yolobuild[joblib], [ray], [slurm], [optuna]). Results:
+                         <workspace.path>/sweeps/<time>/ (summary.json, summary.csv, report.html; sweeps/latest)
   -cd, --config-dir DIR  also search DIR for recipe/, target/, precision/, dataset/ (searched first); without
                          it, the config_dir named by the nearest yolobuild.yaml (or [tool.yolobuild] in
                          pyproject.toml) above the current folder, with its workspace and cache defaults
@@ -170,7 +175,13 @@ def _jobs(args: Args) -> list[list[str]]:
         return [args.overrides]
     from .compose import expand_sweep
 
-    return expand_sweep(args.overrides)
+    return expand_sweep([o for o in args.overrides if not _is_hydra_override(o)])
+
+
+def _is_hydra_override(override: str) -> bool:
+    """`hydra/launcher=joblib`, `hydra.launcher.n_jobs=2`: the sweep's own settings, never a job's."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
 def _prepare(overrides, config_dirs, allow_env: bool = False):
@@ -415,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as err:
             _print_errors(err)
             return EXIT_USER
+    if argv and argv[0] == "report":   # a sweep's summary and report.html, rebuilt from its manifests
+        from .sweep.rebuild import report_command
+
+        try:
+            return report_command(argv[1:], Output())
+        except UserError as err:
+            _print_errors(err)
+            return EXIT_USER
     if argv and argv[0] == "inspect":
         try:
             return _cmd_inspect(argv[1:], Output())
@@ -454,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
             print(_help_text(args.config_dirs))
             return EXIT_OK
         jobs = _jobs(args)
+        if args.multirun and args.verb == "build":   # each job on Hydra's launcher (yolobuild.sweep)
+            from .sweep.run import run_sweep
+
+            return run_sweep(args.overrides, args.config_dirs, args.allow_env, out)
     except UserError as err:
         _print_errors(err)
         return EXIT_USER

@@ -20,7 +20,7 @@ from .validate import SCHEMAS_DIR
 TOOLCHAINS_DIR = Path(__file__).parent / "toolchains"   # toolchain.yaml: option schemas and defaults
 RESOLVER_MARK = "${oc."
 PACKAGE = Path(__file__).parent
-CODE = ("compose.py", "validate.py", "compose_memo.py", "backend_options.py")
+CODE = ("compose.py", "validate.py", "compose_memo.py", "backend_options.py", "variant.py")
 
 
 def _cache_root(overrides) -> Path:

@@ -393,7 +393,9 @@ def validate(composed: Composed) -> MappingProxyType:
         problems = [(k, m) for k, m in problems if aliases.get(k) not in keys]  # same fault, reported once
         lines = [f"{key or 'config'}: {msg} ({_source(key, sources)})" for key, msg in problems]
         raise UserError(lines[0], lines)
-    return freeze(config)
+    from .variant import identity
+
+    return freeze({**config, "overrides": identity(composed.overrides)})
 
 
 OPTIONS_PREFIX = "backend.options."

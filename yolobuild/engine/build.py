@@ -198,6 +198,7 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
         "target": config["target"]["name"],
         "precision": config["precision"]["name"],
         "input": {"height": config["input"]["height"], "width": config["input"]["width"]},
+        "overrides": list(config.get("overrides") or ()),
         "head": config["graph"]["head"],
         "weights": config["model"]["weights"],
         "random_weights": config["model"]["weights"] == "random",
@@ -283,11 +284,36 @@ def clean_abandoned_staging(build_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def readable_sibling(build_dir: Path) -> Path:
+    """`demo_onnxruntime_fp32_320x320-1a2b3c4d` -> `demo_onnxruntime_fp32_320x320`: a first build with an
+    override explains what changed against the build without it (`param head changed: "raw" -> "split"`)."""
+    import re
+
+    match = re.fullmatch(r"(.*_\d+x\d+)-[0-9a-f]{8}", build_dir.name)
+    return build_dir.with_name(match.group(1)) if match else build_dir
+
+
+def refuse_another_configuration(config: Mapping, build_dir: Path) -> None:
+    """A build folder holding another configuration's build (its manifest lists other overrides) is
+    never replaced: that would silently lose the other build. Folders from before overrides were
+    recorded carry none and are replaced as before."""
+    try:
+        theirs = json.loads((build_dir / "manifest.json").read_text()).get("overrides")
+    except (OSError, ValueError, AttributeError):
+        return
+    ours = list(config.get("overrides") or ())
+    if theirs is not None and list(theirs) != ours:
+        raise UserError(f"workspace.path: {build_dir} holds another configuration's build "
+                        f"(overrides: {' '.join(theirs) or 'none'}; this one: {' '.join(ours) or 'none'}); "
+                        "remove it or choose another workspace.path")
+
+
 def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None) -> BuildResult:
     from ..report import render_report
     from ..report_html import render_html
 
     build_dir = build_dir_for(config, plan)
+    refuse_another_configuration(config, build_dir)
     cache = cache_for(config)
     try:
         cache.root.mkdir(parents=True, exist_ok=True)
@@ -295,7 +321,7 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
         raise UserError(f"cache.dir: {cache.root} is not writable ({exc.strerror}) (YOLOBUILD_CACHE / cache.dir)") from None
     if (cache.root / "tmp").is_dir():
         cache.clean_abandoned_tmp()   # what a killed build left
-    runner = Runner(cache, _previous_keys(build_dir), on_op)
+    runner = Runner(cache, _previous_keys(build_dir) or _previous_keys(readable_sibling(build_dir)), on_op)
     ex = runner.run(plan)
     if ex.interrupted:
         return BuildResult(plan, build_dir, {}, EXIT_INTERRUPTED, "finished ops stay cached")

@@ -15,8 +15,12 @@ from .ir import Op, Plan, Ref
 
 
 def build_name(cfg: Mapping) -> str:
+    """The readable name, plus a short digest of the other overrides (yolobuild.variant) when there are any:
+    two builds that differ in any override never share a folder."""
+    from ..variant import suffix
+
     return (f"{cfg['recipe']}_{cfg['target']['name']}_{cfg['precision']['name']}_"
-            f"{cfg['input']['height']}x{cfg['input']['width']}")
+            f"{cfg['input']['height']}x{cfg['input']['width']}{suffix(cfg.get('overrides') or ())}")
 
 
 def weights_ref(weights: str) -> Ref | None:
