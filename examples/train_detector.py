@@ -47,9 +47,10 @@ MODELS = {
 
 # data set -> the settings its shipped weights were trained with
 PRESETS = {
-    "shapes": {"model": "yolov5n", "epochs": 15, "images": 2000, "lr": 2e-3, "eval_every": 3,
+    "shapes": {"model": "yolov5n", "epochs": 15, "images": 2000, "lr": 2e-3, "eval_every": 3, "warmup_epochs": 1.5,
                "out": ASSETS / "demo-yolov5n-shapes.pt"},
-    "bench": {"model": "yolov8n", "epochs": 10, "images": 3000, "lr": 2e-3, "eval_every": 2,
+    "bench": {"model": "yolov8n", "epochs": 4, "images": 3000, "lr": 2e-3, "eval_every": 1, "warmup_epochs": 0.4,
+              "crop": 256,
               "out": ASSETS / "bench-yolov8n.pt"},
 }
 
@@ -62,11 +63,12 @@ def parse_args(argv=None, dataset_default: str = "shapes"):
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--images", type=int, help="training images (split 'train')")
     ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--crop", type=int, help="train on random CROP x CROP windows of the SIZE images (cheaper steps)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, help="AdamW peak learning rate")
     ap.add_argument("--lrf", type=float, default=0.02, help="final LR as a fraction of --lr")
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--warmup-epochs", type=float, default=1.5)
+    ap.add_argument("--warmup-epochs", type=float)
     ap.add_argument("--ema-decay", type=float, default=0.998)
     ap.add_argument("--ema-tau", type=float, default=300)
     ap.add_argument("--seed", type=int, default=0)

@@ -73,13 +73,30 @@ def augment(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, size: in
     return np.clip(f, 0, 255).astype(np.uint8), lab
 
 
-def make_batch(images, labels, idx, rng, size, train=True):
+def crop(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, side: int):
+    """A random side x side window at full resolution: objects keep their pixel size, the step costs less."""
+    h, w = img.shape[:2]
+    x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    img = img[y0:y0 + side, x0:x0 + side]
+    if len(lab):
+        b = lab[:, 1:5] - np.array([x0, y0, x0, y0], dtype=np.float32)
+        area0 = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        bc = np.clip(b, 0, side)
+        area1 = (bc[:, 2] - bc[:, 0]) * (bc[:, 3] - bc[:, 1])
+        keep = (area1 > 0.6 * area0) & (bc[:, 2] - bc[:, 0] > 2) & (bc[:, 3] - bc[:, 1] > 2)
+        lab = np.concatenate((lab[:, :1], bc), 1)[keep].astype(np.float32)
+    return img, lab
+
+
+def make_batch(images, labels, idx, rng, size, train=True, crop_side: int | None = None):
     """A float batch (B, 3, H, W) in [0, 1] and targets (n, 6): image, class, x, y, w, h in pixels."""
     imgs, targets = [], []
     for j, i in enumerate(idx):
         img, lab = images[i], labels[i]
         if train:
             img, lab = augment(img, lab, rng, size)
+            if crop_side and crop_side < size:
+                img, lab = crop(img, lab, rng, crop_side)
         imgs.append(img)
         if len(lab):
             xyxy = lab[:, 1:5]

@@ -103,7 +103,7 @@ def train(model, loss_fn, images, labels, eval_dir: Path, args, rng, head_kind: 
         mloss = torch.zeros(3)
         for bi in range(nb):
             idx = perm[bi * args.batch:(bi + 1) * args.batch]
-            x, targets = make_batch(images, labels, idx, rng, size)
+            x, targets = make_batch(images, labels, idx, rng, size, crop_side=getattr(args, "crop", None))
             for g in opt.param_groups:
                 g["lr"] = lr_at(it)
             preds = model(x)
