@@ -2,6 +2,7 @@
 
     python examples/train_detector.py --dataset shapes   # the demo: YOLOv5n on shapes (= train_demo.py)
     python examples/train_detector.py --dataset bench    # the int8 benchmark: YOLOv8n on bench
+    nice -n 19 python examples/train_detector.py --dataset bench --threads 1   # on a shared machine
     python examples/train_detector.py --dataset bench --epochs 2 --images 200 --out /tmp/try.pt
 
 Each data set has a preset (model, epochs, images, LR, output asset) that reproduces the shipped
@@ -74,7 +75,8 @@ def parse_args(argv=None, dataset_default: str = "shapes"):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int)
     ap.add_argument("--log-every", type=int, default=0, help="print the running loss every N batches")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; on a busy shared machine 1 is several times faster (no OpenMP spin-waits)")
     ap.add_argument("--data-dir", type=Path, help="where generated splits are kept (default: a temp folder)")
     args = ap.parse_args(argv)
     for k, v in PRESETS[args.dataset].items():
