@@ -75,15 +75,16 @@ def read_coco(path: Path, key: str = "dataset.eval.annotations") -> dict:
 # --------------------------------------------------------------------------- ops
 
 def generate_dataset(ctx: OpContext) -> None:
-    from ..data import shapes
+    from ..data import GENERATORS, generator
 
     p = ctx.params
-    if p.get("kind", "shapes") != "shapes":
-        raise UserError(f"dataset.generator.kind: {p['kind']!r} is not supported; allowed: shapes")
+    gen = generator(p.get("kind", "shapes"))
+    if gen is None:
+        raise UserError(f"dataset.generator.kind: {p['kind']!r} is not supported; allowed: {', '.join(GENERATORS)}")
     counts = {}
     for split, count_key in (("calib", "calib_count"), ("eval", "eval_count")):
         out = ctx.outputs[split]
-        shapes.generate(out, split=split, count=int(p[count_key]), size=int(p["size"]), seed=int(p["seed"]))
+        gen.generate(out, split=split, count=int(p[count_key]), size=int(p["size"]), seed=int(p["seed"]))
         coco = json.loads((out / "annotations.json").read_text())
         counts[split] = {"images": len(coco["images"]), "objects": len(coco["annotations"])}
     ctx.results.update(counts)
