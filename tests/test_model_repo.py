@@ -93,7 +93,7 @@ def test_marker_in_pyproject_and_config_dir_wins(tmp_path):
     found = repo.discover(root / "a" / "b")
     assert found.root == root and found.config_dir == root / "cfg"
     dirs, overrides = repo.apply(found, [], ["target=rk3588"])
-    assert dirs == [str(root / "cfg")] and overrides == [f"workspace.path={root / 'yolobuild-out'}", "target=rk3588"]
+    assert dirs == [str(root / "cfg")] and overrides == [f"repo-default:workspace.path={root / 'yolobuild-out'}", "target=rk3588"]
     dirs, overrides = repo.apply(found, [str(root / "other")], ["workspace.path=w"])
     assert dirs == [str(root / "other")] and overrides == ["workspace.path=w"]
     assert repo.discover(tmp_path) is None
