@@ -21,7 +21,7 @@ import yaml
 from yolobuild.toolchains.handoff.bundle import PREVIEW_LABEL
 from yolobuild.toolchains.vamc.steps import VENDOR as VAMC
 
-from .conftest import build_dir, cli_in_process as cli
+from .conftest import REPO, build_dir, cli_in_process as cli
 
 FAKES = Path(__file__).parent / "fakes"
 SMALL = ("recipe=demo", "input.width=160", "input.height=160", "dataset.generator.calib_count=8",
@@ -348,7 +348,15 @@ def test_a_bundle_the_user_edited_is_never_overwritten(root):
     code, out, err = build(root, *args, ws="ws_edit")  # nothing new: the edits stay, nothing beside
     assert code == 0 and "# my tweak" in (d / "handoff" / "build.yaml").read_text()
     assert not (d / "handoff.new").exists()
-    code, out, err = build(root, *args, "backend.options.cluster_mode=1", ws="ws_edit")
+    code, out, err = build(root, *args, "backend.options.cluster_mode=1", ws="ws_edit")   # another configuration:
+    assert code == 0, out + err                                                        # its own folder
+    assert "# my tweak" in (d / "handoff" / "build.yaml").read_text() and not (d / "handoff.new").exists()
+    # the same configuration with a changed target file (a --config-dir shadowing va1): a new bundle, beside
+    shadow = root / "shadow" / "target"
+    shadow.mkdir(parents=True, exist_ok=True)
+    (shadow / "va1.yaml").write_text((REPO / "recipes" / "target" / "va1.yaml").read_text()
+                                     .replace("backend_options: {}", "backend_options: {cluster_mode: 1}"))
+    code, out, err = build(root, *args, "--config-dir", str(root / "shadow"), ws="ws_edit")
     assert code == 0, out + err
     assert "# my tweak" in (d / "handoff" / "build.yaml").read_text()
     assert "cluster_mode: 1" in (d / "handoff.new" / "build.yaml").read_text()
