@@ -8,7 +8,6 @@ result does not depend on PYTHONHASHSEED). Numpy and Pillow only.
 """
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from pathlib import Path
@@ -147,28 +146,6 @@ def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[
 
 def generate(out_dir, split: str, count: int, size: int = 320, seed: int = 0) -> Path:
     """Write `count` images `out_dir/images/{split}_{i:05d}.jpg` and `out_dir/annotations.json`."""
-    from PIL import Image
+    from . import write_split
 
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    ann_id = 1
-    for i in range(int(count)):
-        img, objects = render(_rng(seed, split, i), int(size))
-        name = f"{split}_{i:05d}.jpg"
-        Image.fromarray(img).save(out_dir / "images" / name, format="JPEG", quality=95)
-        image_id = i + 1
-        images.append({"id": image_id, "file_name": name, "width": int(size), "height": int(size)})
-        for cls, (x, y, w, h) in objects:
-            bbox = [round(x, 2), round(y, 2), round(w, 2), round(h, 2)]
-            annotations.append({"id": ann_id, "image_id": image_id, "category_id": cls + 1, "bbox": bbox,
-                                "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0})
-            ann_id += 1
-    coco = {
-        "info": {"description": f"yolobuild synthetic shapes, split={split} count={count} size={size} seed={seed}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASS_NAMES)],
-    }
-    (out_dir / "annotations.json").write_text(json.dumps(coco, indent=1))
-    return out_dir
+    return write_split(out_dir, split, count, size, seed, render, _rng, CLASS_NAMES, "shapes", "shape")

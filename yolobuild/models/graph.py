@@ -22,6 +22,28 @@ class SequentialDetector(nn.Module):
     def detect(self) -> nn.Module:
         return self.model[-1]
 
+    def probe_strides(self, ch: int, probe: int = 256) -> None:
+        """Each level's stride, from the size of its raw output on a probe input (as upstream measures it)."""
+        detect = self.model[-1]
+        self.eval()
+        with torch.no_grad():
+            detect.layout = "raw"
+            outs = self.forward(torch.zeros(1, ch, probe, probe))
+            detect.layout = "decoded"
+        detect.stride = torch.tensor([probe / o.shape[-2] for o in outs])
+        self.stride = detect.stride
+
+    def init_anchor_biases(self, eps: float = 0.99) -> None:
+        """Upstream's prior for an anchor-based head: objectness ~ 8 objects per 640 image, class ~ 0.6/nc."""
+        import math
+
+        detect = self.model[-1]
+        with torch.no_grad():
+            for mi, s in zip(detect.m, detect.stride):
+                b = mi.bias.view(detect.na, -1)
+                b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
+                b[:, 5:] += math.log(0.6 / (detect.nc - eps))
+
 
 def decode_anchor_based(maps, na: int, no: int, strides, anchors_px, layout: str):
     """Per-level conv maps (bs, na*no, ny, nx) -> the head layout's outputs, YOLOv5-style decode

@@ -241,15 +241,8 @@ class DetectionModel(SequentialDetector):
         self.model, self.save = self._build(table, depth, width, math.inf if max_channels is None else max_channels,
                                             scale, nc, ch, head["reg_max"], head["end2end"], sppf_act)
         detect = self.model[-1]
-        probe = 256
         detect.stride = torch.ones(detect.nl)
-        self.eval()
-        with torch.no_grad():
-            detect.layout = "raw"
-            outs = self.forward(torch.zeros(1, ch, probe, probe))
-            detect.layout = "decoded"
-        detect.stride = torch.tensor([probe / o.shape[-2] for o in outs])
-        self.stride = detect.stride
+        self.probe_strides(ch)
         self._init_biases()
         self.train()
 

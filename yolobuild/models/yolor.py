@@ -21,7 +21,6 @@ module; `fuse_implicit` folds ImplicitA / ImplicitM into the output convs (YOLOR
 """
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from typing import Any, Sequence
@@ -196,7 +195,7 @@ class Model(SequentialDetector):
         detect.stride = torch.tensor(spec["strides"], dtype=torch.float32)
         detect.anchors /= detect.stride.view(-1, 1, 1)
         self.stride = detect.stride
-        self._init_biases()
+        self.init_anchor_biases()
 
     @staticmethod
     def _build(table, nc, anchors, ch_in):
@@ -230,15 +229,6 @@ class Model(SequentialDetector):
             layers.append(m)
             ch.append(c2)
         return nn.Sequential(*layers), sorted(save)
-
-    def _init_biases(self):
-        """Upstream's prior: objectness ~ 8 objects per 640 image, class ~ 0.6/nc."""
-        detect = self.model[-1]
-        with torch.no_grad():
-            for mi, s in zip(detect.m, detect.stride):
-                b = mi.bias.view(detect.na, -1)
-                b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
-                b[:, 5:] += math.log(0.6 / (detect.nc - 0.99))
 
 
 def build(scale=None, layout: str = "p6", nc: int = 80, anchors=None) -> Model:

@@ -185,16 +185,9 @@ class DetectionModel(SequentialDetector):
                                             self.yaml["anchors"], ch)
         self.names = [str(i) for i in range(nc)]
         detect = self.model[-1]
-        probe = 256
-        self.eval()
-        with torch.no_grad():
-            detect.layout = "raw"
-            outs = self.forward(torch.zeros(1, ch, probe, probe))
-            detect.layout = "decoded"
-        detect.stride = torch.tensor([probe / o.shape[-2] for o in outs])
+        self.probe_strides(ch)
         detect.anchors /= detect.stride.view(-1, 1, 1)
-        self.stride = detect.stride
-        self._init_biases()
+        self.init_anchor_biases(eps=0.99999)
         self.train()
 
     @staticmethod
@@ -226,15 +219,6 @@ class DetectionModel(SequentialDetector):
                 ch = []
             ch.append(c2)
         return nn.Sequential(*layers), sorted(save)
-
-    def _init_biases(self):
-        """Upstream's prior: objectness ~ 8 objects per 640 image, class ~ 0.6/nc."""
-        detect = self.model[-1]
-        for mi, s in zip(detect.m, detect.stride):
-            b = mi.bias.view(detect.na, -1)
-            b.data[:, 4] += math.log(8 / (640 / s) ** 2)
-            b.data[:, 5:] += math.log(0.6 / (detect.nc - 0.99999))
-            mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
 
 
 Model = DetectionModel  # name used by upstream before v6.2

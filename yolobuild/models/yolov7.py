@@ -7,7 +7,6 @@ YOLOR's IDetect (models.yolor), whose export-clean decode (constants, no in-plac
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -145,7 +144,7 @@ class Model(SequentialDetector):
         detect.stride = torch.tensor(spec["strides"], dtype=torch.float32)
         detect.anchors /= detect.stride.view(-1, 1, 1)
         self.stride = detect.stride
-        self._init_biases()
+        self.init_anchor_biases()
 
     @staticmethod
     def _build(table, nc, anchors, ch_in):
@@ -183,14 +182,6 @@ class Model(SequentialDetector):
             layers.append(m)
             ch.append(c2)
         return nn.Sequential(*layers), sorted(save)
-
-    def _init_biases(self):
-        detect = self.model[-1]
-        with torch.no_grad():
-            for mi, s in zip(detect.m, detect.stride):
-                b = mi.bias.view(detect.na, -1)
-                b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
-                b[:, 5:] += math.log(0.6 / (detect.nc - 0.99))
 
 
 def build(scale=None, layout: str = "yolov7-tiny", nc: int = 80, anchors=None) -> Model:

@@ -121,15 +121,8 @@ class DetectionModel(SequentialDetector):
         self.model, self.save = self._build(YOLOV8_LAYOUTS[layout], depth, width, math.inf if mc is None else mc,
                                             nc, ch, reg_max)
         detect = self.model[-1]
-        probe = 256
         detect.stride = torch.ones(detect.nl)
-        self.eval()
-        with torch.no_grad():
-            detect.layout = "raw"
-            outs = self.forward(torch.zeros(1, ch, probe, probe))
-            detect.layout = "decoded"
-        detect.stride = torch.tensor([probe / o.shape[-2] for o in outs])
-        self.stride = detect.stride
+        self.probe_strides(ch)
         self._init_biases()
         self.train()
 
