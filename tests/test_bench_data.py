@@ -11,7 +11,7 @@ import pytest
 from yolobuild.data import bench, generator
 from yolobuild.validate import ASSETS_DIR
 
-from .conftest import cli_in_process
+from .conftest import build_dir, cli_in_process
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -87,7 +87,7 @@ def test_bench_recipe_builds_with_parity(tmp_path):
     code, out, err = cli_in_process("recipe=bench", "target=onnxruntime", "precision=fp32",
                                     "dataset.generator.eval_count=6", f"workspace.path={tmp_path / 'ws'}")
     assert code == 0, out + err
-    m = json.loads((tmp_path / "ws" / "bench_onnxruntime_fp32_320x320" / "manifest.json").read_text())
+    m = json.loads((build_dir(tmp_path / "ws", "bench_onnxruntime_fp32_320x320") / "manifest.json").read_text())
     assert m["status"] == "compiled" and m["recipe"] == "bench"
     for field in ("boxes", "class_scores"):
         assert m["parity"][field]["cosine"] >= 0.9999, m["parity"]

@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 from yolobuild.errors import UserError  # noqa: E402
 from yolobuild.models import darknet_cfg as dc  # noqa: E402
 
-from .conftest import run_cli  # noqa: E402
+from .conftest import build_dir, run_cli  # noqa: E402
 from .conftest import cli_in_process as _cli  # noqa: E402
 from .family_parity import HEADS, assert_export_parity, demo_images, lively, run_op  # noqa: E402
 
@@ -273,7 +273,7 @@ def test_mlu270_int8_bundle_loads_and_runs_against_fake_torch_mlu(tiny, tmp_path
                           "dataset.generator.eval_count=4", "check.parity_images=2",
                           f"workspace.path={tmp_path / 'ws'}", f"cache.dir={tmp_path / 'cache'}")
     assert code == 0, out + err
-    d = tmp_path / "ws" / "yolov3-tiny_mlu270_int8_160x160"
+    d = build_dir(tmp_path / "ws", "yolov3-tiny_mlu270_int8_160x160")
     b = d / "handoff"
     assert (b / "yolov3_mlu.py").is_file() and not (b / "yolov5_mlu.py").exists()
     assert "from yolov3_mlu import build_model" in (b / "genoff.py").read_text()

@@ -21,6 +21,7 @@ from yolobuild.errors import UserError  # noqa: E402
 
 from .family_parity import HEADS, assert_export_parity, demo_images, lively, run_op  # noqa: E402
 from .conftest import cli_in_process as cli  # noqa: E402
+from .conftest import build_dir  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 H = W = 128
@@ -393,7 +394,7 @@ def test_va1_handoff_build(tmp_path):
                          "graph.patches=[mmyolo_truncate_head]",
                          f"workspace.path={tmp_path / 'ws'}", f"cache.dir={tmp_path / 'cache'}")
     assert code == 0, out + err
-    d = tmp_path / "ws" / "mmyolo-yolov5s_va1_fp16_128x128"
+    d = build_dir(tmp_path / "ws", "mmyolo-yolov5s_va1_fp16_128x128")
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "handoff"
     b = d / "handoff"

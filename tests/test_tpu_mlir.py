@@ -51,7 +51,7 @@ def tpu_builds(tmp_path_factory):
 
 
 def manifest(root: Path, name: str) -> dict:
-    return json.loads((root / "ws" / name / "manifest.json").read_text())
+    return json.loads((build_dir(root / "ws", name) / "manifest.json").read_text())
 
 
 def _ok(run):
@@ -68,7 +68,7 @@ def test_two_chips_at_once_fp16_and_fp32_match_pytorch(tpu_builds):
         for field in FIELDS:
             assert m["parity"][field]["cosine"] >= bar, (name, m["parity"])
         assert m["tools"]["tpu-mlir:tpu_mlir"] == "1.30.2"
-        build = root / "ws" / name
+        build = build_dir(root / "ws", name)
         assert (build / "model.bmodel").stat().st_size > 100_000
         ops = {op["id"]: op for op in m["ops"]}
         steps = ops["compile"]["results"]["steps"]
