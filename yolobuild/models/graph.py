@@ -45,6 +45,20 @@ class SequentialDetector(nn.Module):
                 b[:, 5:] += math.log(0.6 / (detect.nc - eps))
 
 
+def repeated(cls, args, n: int) -> nn.Module:
+    """A layer-table row's module: n copies in a Sequential, or the one module."""
+    return nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
+
+
+def place(layers: list, save: list, m: nn.Module, i: int, f, type_name: str) -> nn.Module:
+    """Append a row's module tagged as upstream tags it (.i, .f, .type; the state_dict keys follow .i) and
+    record which earlier outputs later layers read (`save`)."""
+    m.i, m.f, m.type = i, f, type_name
+    save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+    layers.append(m)
+    return m
+
+
 def decode_anchor_based(maps, na: int, no: int, strides, anchors_px, layout: str):
     """Per-level conv maps (bs, na*no, ny, nx) -> the head layout's outputs, YOLOv5-style decode
     (xy = (2*sigmoid - 0.5 + cell) * stride, wh = (2*sigmoid)^2 * anchor), shared by every family whose

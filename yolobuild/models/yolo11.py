@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from .graph import SequentialDetector
+from .graph import SequentialDetector, place, repeated
 from .ultralytics_arch import (HEAD_OPTIONS, REPEATED, SCALED, YOLO11_LAYOUTS, YOLO11_SCALES, YOLO26_LAYOUTS,
                                YOLO26_SCALES, make_divisible)
 from .yolov5 import C3, Bottleneck, Concat, Conv
@@ -272,10 +272,7 @@ class DetectionModel(SequentialDetector):
                 args, c2 = [args[0], [ch[x] for x in f], reg_max, end2end], None
             else:
                 c2 = ch[f]
-            m = nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
-            m.i, m.f, m.type = i, f, type_name
-            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
-            layers.append(m)
+            place(layers, save, repeated(cls, args, n), i, f, type_name)
             if i == 0:
                 ch = []
             ch.append(c2)

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import CheckFailed, UserError
 from ..runtime.quiet import TORCH_EXPORT_LOCK
-from .graph import SequentialDetector
+from .graph import SequentialDetector, place, repeated
 from .yolov5 import Bottleneck, Concat, Conv, Detect  # upstream YOLOR's common.py has the same blocks
 from .yolor_arch import FAMILIES, YOLOR_BACKBONE_ROWS, YOLOR_LAYOUTS
 
@@ -222,11 +222,8 @@ class Model(SequentialDetector):
                 c2 = None
             else:
                 c2 = c_in(f)
-            m = nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
-            m.i, m.f, m.type = i, f, type_name
+            m = place(layers, save, repeated(cls, args, n), i, f, type_name)
             m.np = sum(p.numel() for p in m.parameters())
-            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
-            layers.append(m)
             ch.append(c2)
         return nn.Sequential(*layers), sorted(save)
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .graph import SequentialDetector, decode_anchor_based
+from .graph import SequentialDetector, decode_anchor_based, place, repeated
 
 from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES
 
@@ -210,11 +210,8 @@ class DetectionModel(SequentialDetector):
                 c2 = None
             else:
                 c2 = ch[f]
-            m = nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
-            m.i, m.f, m.type = i, f, type_name
+            m = place(layers, save, repeated(cls, args, n), i, f, type_name)
             m.np = sum(p.numel() for p in m.parameters())
-            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
-            layers.append(m)
             if i == 0:
                 ch = []
             ch.append(c2)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .graph import SequentialDetector
+from .graph import SequentialDetector, place
 from .yolor import IDetect
 from .yolov5 import Concat, Conv
 from .yolov7_arch import FAMILIES, YOLOV7_BACKBONE_ROWS, YOLOV7_LAYOUTS
@@ -177,9 +177,7 @@ class Model(SequentialDetector):
                 c2, m = None, IDetect(nc, anchors, [c_in(x) for x in f])
             else:
                 raise ValueError(f"layer type {type_name!r} is not supported")
-            m.i, m.f, m.type = i, f, type_name
-            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
-            layers.append(m)
+            place(layers, save, m, i, f, type_name)
             ch.append(c2)
         return nn.Sequential(*layers), sorted(save)
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .graph import SequentialDetector
+from .graph import SequentialDetector, place, repeated
 
 from .arch import YOLOV8_LAYOUTS, YOLOV8_SCALES
 from .yolov5 import SPPF, Bottleneck, Concat, Conv, make_divisible
@@ -146,10 +146,7 @@ class DetectionModel(SequentialDetector):
                 c2 = None
             else:
                 c2 = ch[f]
-            m = nn.Sequential(*(cls(*args) for _ in range(n))) if n > 1 else cls(*args)
-            m.i, m.f, m.type = i, f, type_name
-            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
-            layers.append(m)
+            place(layers, save, repeated(cls, args, n), i, f, type_name)
             if i == 0:
                 ch = []
             ch.append(c2)
