@@ -6,6 +6,7 @@ import json
 import shutil
 import textwrap
 from pathlib import Path
+import pytest
 
 from .conftest import build_dir, REPO, run_cli
 
@@ -171,3 +172,22 @@ def test_shipped_declarations_match_their_schema_and_are_found_without_import():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(__import__("yolobuild.toolchains.registry", fromlist=["shipped"]).shipped()))
+def test_every_shipped_declaration_is_valid_and_each_option_has_a_valid_default(name):
+    """Each default lives once, in the option schema: every option has one, and the defaults satisfy it."""
+    import jsonschema
+    import yaml
+
+    from yolobuild.toolchains import registry
+
+    decl = registry.get(name)
+    schema = json.loads((REPO / "schemas" / "toolchain.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(Path(decl.source).read_text()))
+    jsonschema.Draft202012Validator.check_schema(decl.options)
+    defaults = decl.option_defaults()
+    assert set(defaults) == set(decl.options.get("properties", {}))
+    jsonschema.Draft202012Validator(decl.options).validate(defaults)
+    root = Path(registry.__file__).resolve().parents[2]
+    assert all((root / f).exists() for f in decl.code), decl.code
