@@ -94,7 +94,8 @@ def _compose_once(loader, overrides):
 
     `target.backend_options` is left open (not struct): an option the target YAML does not list
     may still be given (`backend.options.KEY=VALUE`); the toolchain's option schema rejects
-    unknown ones at validate, naming the key."""
+    unknown ones at validate, naming the key. `cache.remote_options` is open too: fsspec's
+    options for the remote's protocol (`cache.remote_options.endpoint_url=...`)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.defaults_list import create_defaults_list
     from omegaconf import OmegaConf
@@ -104,9 +105,10 @@ def _compose_once(loader, overrides):
                                     prepend_hydra=False, skip_missing=False)
     cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
     OmegaConf.set_struct(cfg, True)
-    options = OmegaConf.select(cfg, "target.backend_options")
-    if OmegaConf.is_config(options):
-        OmegaConf.set_struct(options, False)
+    for open_node in ("target.backend_options", "cache.remote_options"):   # keys checked later, by their schema
+        options = OmegaConf.select(cfg, open_node)
+        if OmegaConf.is_config(options):
+            OmegaConf.set_struct(options, False)
     ConfigLoaderImpl._apply_overrides_to_config(defaults.config_overrides, cfg)
     return cfg, dict(defaults.overrides.known_choices)
 

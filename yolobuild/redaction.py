@@ -25,6 +25,12 @@ def remember(value: object, name: str) -> None:
         _secrets[value] = f"${{oc.env:{name}}}"
 
 
+def hide(value: object, stand_in: str) -> None:
+    """Record a value that must never be written (a credential in cache.remote's options), shown as `stand_in`."""
+    if isinstance(value, str) and len(value) >= _MIN_LENGTH:
+        _secrets[value] = stand_in
+
+
 def active() -> bool:
     return bool(_secrets)
 

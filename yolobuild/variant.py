@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 
 IN_THE_NAME = ("recipe", "target", "precision", "input.width", "input.height")
-NO_EFFECT = ("workspace.path", "cache.dir", "cache.max_size")   # where things go, not what is built
+NO_EFFECT = ("workspace.path", "cache.dir", "cache.max_size", "cache.remote", "cache.remote_options")   # where things go
+#                                                                  (a key or any key below it), not what is built
 ALIASES = {"backend.options.": "target.backend_options."}
 
 
@@ -33,7 +34,7 @@ def identity(overrides) -> list[str]:
     kept = set()
     for o in overrides:
         key = _key(o)
-        if key in IN_THE_NAME or key in NO_EFFECT or key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        if key in IN_THE_NAME or key.startswith(tuple(k + "." for k in NO_EFFECT)) or key in NO_EFFECT or key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
         kept.add(_normal(o))
     return sorted(kept)

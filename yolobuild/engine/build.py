@@ -35,7 +35,7 @@ def build_dir_for(config: Mapping, plan: Plan) -> Path:
 
 
 def cache_for(config: Mapping) -> Cache:
-    return Cache(default_root(config["cache"]["dir"]))
+    return Cache.configured(config["cache"])
 
 
 def _previous_keys(build_dir: Path) -> dict[str, dict]:
@@ -211,7 +211,7 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
         "kept_edits": [f"{name} holds your edits: it was left as it is and the new {name} was written beside it, "
                        f"to {path.relative_to(build_dir).as_posix()}" for name, path in sorted(moved.items())],
         "cache": _display(cache.root),
-        "cache_events": ex.cache_events,
+        "cache_events": ex.cache_events + cache.events,   # + broken locks, cache.remote trouble
     }
     manifest["next"] = next_step({"ops": ops}, Path("."))   # relative to the build folder
     return manifest
@@ -331,11 +331,8 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
         build_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"workspace.path: cannot create {build_dir.parent} ({exc.strerror})") from None
-    from filelock import FileLock
-
     cache.ensure_writable()
-    folder_lock = cache.root / "locks" / f"build-{hashlib.sha256(str(build_dir.resolve()).encode()).hexdigest()}.lock"
-    with FileLock(str(folder_lock)):
+    with cache.lock(f"build-{hashlib.sha256(str(build_dir.resolve()).encode()).hexdigest()}"):
         clean_abandoned_staging(build_dir)
         staging = _stage(build_dir)
         try:

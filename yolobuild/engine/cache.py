@@ -4,7 +4,7 @@ Layout under the cache root:
   objects/ab/<sha256>        an output file, or a folder (its hash covers names + contents)
   entries/ab/<fingerprint>.json  which objects an op run produced, its key, figures, timing
   tmp/                       where running ops write; never read as a result
-  locks/<fingerprint>.lock   one runner per fingerprint at a time
+  locks/<fingerprint>.lease  one runner per fingerprint at a time, on every host sharing the folder (engine.lease)
   hashes/                    stat-keyed memo of external file hashes (size, mtime, inode)
   quarantine/                objects that failed their sha256 check, moved aside (events.jsonl says when)
 
@@ -13,6 +13,9 @@ Ctrl-C at any point leaves either a complete entry or none. Failures are never c
 An object is named by its sha256, and that name is checked again whenever the engine hands
 the object to an op or copies it into a build folder: a disk, a sync tool or a hand can change
 bytes after they were stored.
+
+With `cache.remote=URL` (engine.remote) a local miss is looked up there before the op runs, and
+an entry made here is pushed there.
 """
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..storage import default_root, write_atomic  # noqa: F401 (the engine's callers import them from here)
+from .lease import Lease, pid_alive  # noqa: F401 (pid_alive: the engine's callers import it from here)
 
 CHUNK = 1 << 20
 
@@ -52,26 +57,62 @@ def sha256_tree(root: Path, file_hash=sha256_file) -> str:
 _HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True   # read once: os.umask sets while it reads, and ops write files from threads
-
-
 @dataclass(frozen=True)
 class Entry:
     fingerprint: str
     outputs: dict[str, dict[str, Any]]   # name -> {"sha256", "kind": file|dir, "size"}
     record: dict[str, Any]               # kind, key, results, seconds, created
+    origin: str = "local"                # "remote": pulled from cache.remote by this build
+
+
+class HostQueuedLease:
+    """A lease (holds across hosts, engine.lease) taken behind a flock on a file of this host's own temp
+    folder: this host's waiters queue in the kernel (woken at once, released even by a killed process)
+    and only one of them at a time polls the shared lease file. The flock is never on the shared
+    folder, where a host that died could leave it held."""
+
+    def __init__(self, local: Path, lease: Lease):
+        self.local, self.lease = local, lease
+
+    def __enter__(self):
+        from filelock import FileLock
+
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self._flock = FileLock(str(self.local))
+        self._flock.acquire()
+        try:
+            self.lease.acquire()
+        except BaseException:
+            self._flock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.lease.release()
+        finally:
+            self._flock.release()
 
 
 class Cache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, remote=None):
         self.root = Path(root).expanduser().absolute()   # symlinks to objects must not be relative
+        self.remote = remote                             # engine.remote.RemoteCache, or None
+        self.events: list[dict[str, Any]] = []           # broken locks, remote trouble: manifest.cache_events
+        self._events_lock = threading.Lock()
+
+    @classmethod
+    def configured(cls, settings) -> "Cache":
+        """The cache a config's `cache:` section names (dir, and remote with its options)."""
+        from .remote import remote_for
+
+        cache = cls(default_root(settings.get("dir")))
+        cache.remote = remote_for(settings, cache.note)
+        return cache
+
+    def note(self, event: dict[str, Any]) -> None:
+        with self._events_lock:
+            self.events.append(event)
 
     # -- paths ---------------------------------------------------------------------------------
     def entry_path(self, fp: str) -> Path:
@@ -141,10 +182,16 @@ class Cache:
         """Forget an op result (its object went bad): the next lookup misses and the op reruns."""
         self._entry_path(fp).unlink(missing_ok=True)
 
-    def lock(self, fp: str, timeout: float = -1):
-        from filelock import FileLock
+    def lock(self, name: str) -> HostQueuedLease:
+        """One holder of `name` (an op's fingerprint, a build folder) among every process on every host
+        sharing this cache folder; a lock whose holder is provably gone is broken (manifest.cache_events)."""
+        def broken(event):
+            print(f"warning: cache lock {name[:16]}: {event['holder']} held it and is gone ({event['why']}): broken")
+            self.note(event)
 
-        return FileLock(str(self.root / "locks" / f"{fp}.lock"), timeout=timeout)
+        where = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        local = Path(tempfile.gettempdir()) / f"yolobuild-{os.getuid()}-locks" / where / f"{name}.lock"
+        return HostQueuedLease(local, Lease(self.root / "locks" / f"{name}.lease", on_break=broken))
 
     def new_tmp(self, fp: str) -> Path:
         """A folder for one op run, named by host and pid so a later build can tell an abandoned one."""
@@ -184,6 +231,33 @@ class Cache:
         body = {**record, "fingerprint": fp, "outputs": stored, "created": time.time()}
         write_atomic(self._entry_path(fp), json.dumps(body, indent=1, sort_keys=True))
         return Entry(fp, stored, body)
+
+    # -- the remote (cache.remote) ------------------------------------------------------------
+    def pull(self, fp: str) -> Entry | None:
+        """On a local miss: the remote's entry, verified and stored here (None: a miss there too, or no remote)."""
+        return self.remote.pull(self, fp) if self.remote else None
+
+    def push(self, entry: Entry) -> None:
+        if self.remote:
+            self.remote.push(self, entry)
+
+    def put_verified(self, path: Path, sha: str, kind: str) -> None:
+        """An object pulled and already checked against its sha256, moved into objects/."""
+        dest = self.object_path(sha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and not self.object_intact(sha):
+            self.quarantine(sha, "object already stored under this name failed its sha256 check")
+        try:
+            os.replace(path, dest) if kind == "file" else os.rename(path, dest)
+        except OSError:
+            if not dest.exists():
+                raise
+
+    def adopt(self, fp: str, raw: bytes) -> Entry | None:
+        """A pulled entry file (its objects in place) written here as it is."""
+        write_atomic(self._entry_path(fp), raw)
+        entry = self.lookup(fp)
+        return Entry(entry.fingerprint, entry.outputs, entry.record, "remote") if entry else None
 
     # -- external inputs -----------------------------------------------------------------------
     def hash_file(self, path: Path) -> str:

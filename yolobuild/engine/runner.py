@@ -410,13 +410,17 @@ class Runner:
             if entry is None:
                 self.cache.ensure_writable()
                 with self.cache.lock(rec.fingerprint):
-                    entry = self.cache.lookup(rec.fingerprint)  # a concurrent build may have made it
+                    # a concurrent build may have made it; else cache.remote may hold it
+                    entry = self.cache.lookup(rec.fingerprint) or self.cache.pull(rec.fingerprint)
                     if entry is None:
                         rec.reason = explain(rec.key, self.previous.get(op.id))
                         entry = self._execute(op, rec, produced)
                         rec.status, ran = ("handoff" if op.kind == "handoff" else "ran"), True
+                if ran:
+                    self.cache.push(entry)   # to cache.remote, if one is set
             if not ran:
-                rec.status, rec.reason = "cached", "fingerprint found in cache"
+                rec.status = "cached"
+                rec.reason = "pulled from cache.remote" if entry.origin == "remote" else "fingerprint found in cache"
                 rec.seconds = entry.record.get("seconds", 0.0)
             rec.outputs, rec.results = entry.outputs, entry.record.get("results", {})
         except KeyboardInterrupt:
