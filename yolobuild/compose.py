@@ -359,6 +359,9 @@ def compose(overrides=(), config_dirs=(), allow_env: bool = False) -> Composed:
         resolved, unresolved = _resolve_leniently(plain)
     _remember_env_values(resolved, reads)
     _apply_repo_defaults(resolved, repo_defaults)
+    from .redaction import hide_credentials
+
+    hide_credentials(resolved.get("cache"))   # cache.remote's credentials never reach a file
     return Composed(config=resolved, overrides=tuple(overrides),
                     config_dirs=tuple(Path(d).resolve() for d in config_dirs), choices=choices,
                     unresolved=unresolved)

@@ -68,8 +68,10 @@ def load(overrides, config_dirs) -> tuple[str | None, dict[str, Any] | None]:
 
 
 def store(overrides, key: str | None, config: dict[str, Any]) -> None:
-    if key is None:
-        return
+    from .redaction import credentials
+
+    if key is None or credentials(config.get("cache")):
+        return   # a config holding cache.remote credentials is never written down
     from .storage import write_atomic
 
     try:

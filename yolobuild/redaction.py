@@ -4,6 +4,8 @@ A recipe may come from someone else's repository and a cache or a build folder m
 so the values a config took from environment variables are remembered here (per process) and
 replaced by their `${oc.env:NAME}` text in every JSON or text file the engine writes: plan.json,
 manifest.json, report.md and the cache's entries. Fingerprints still hash the real value.
+Credentials given to cache.remote (its URL's password, `cache.remote_options.secret=...`) are hidden
+the same way, shown as `<cache.remote_options.secret>`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,44 @@ def hide(value: object, stand_in: str) -> None:
     """Record a value that must never be written (a credential in cache.remote's options), shown as `stand_in`."""
     if isinstance(value, str) and len(value) >= _MIN_LENGTH:
         _secrets[value] = stand_in
+
+
+CREDENTIAL_KEY = re.compile(r"key|secret|token|passw|credential|auth|sas|signature|connection_string", re.I)
+
+
+def credentials(cache_settings: object) -> dict[str, str]:
+    """What grants access in a config's `cache:` section (value -> stand-in): the password in
+    cache.remote's URL, and every cache.remote_options value under a credential-looking name."""
+    from urllib.parse import urlsplit
+
+    found: dict[str, str] = {}
+    if not isinstance(cache_settings, dict):
+        return found
+    url = cache_settings.get("remote")
+    try:
+        password = urlsplit(url).password if isinstance(url, str) else None
+    except ValueError:
+        password = None
+    if password:
+        found[password] = "<cache.remote password>"
+
+    def walk(tree: object, dotted: str) -> None:
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                walk(v, f"{dotted}.{k}")
+        elif isinstance(tree, (list, tuple)):
+            for v in tree:
+                walk(v, dotted)
+        elif isinstance(tree, str) and CREDENTIAL_KEY.search(dotted.rsplit(".", 1)[-1]):
+            found[tree] = f"<{dotted}>"
+
+    walk(cache_settings.get("remote_options"), "cache.remote_options")
+    return found
+
+
+def hide_credentials(cache_settings: object) -> None:
+    for value, stand_in in credentials(cache_settings).items():
+        hide(value, stand_in)
 
 
 def active() -> bool:

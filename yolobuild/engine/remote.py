@@ -15,7 +15,6 @@ look like credentials (`cache.remote_options.secret=...`) are hidden from every 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tarfile
 import threading
@@ -25,8 +24,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .cache import Cache, Entry, sha256_file, sha256_tree
 
-SECRET_OPTION = re.compile(r"key|secret|token|passw|credential|auth|sas|signature|connection_string", re.I)
-
 
 def shown(url: str) -> str:
     """The URL without any user:password in it (for messages and manifests)."""
@@ -34,24 +31,6 @@ def shown(url: str) -> str:
     if parts.username or parts.password:
         return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
     return url
-
-
-def hide_credentials(url: str, options: Mapping[str, Any]) -> None:
-    """Values that grant access never reach a file: a URL's password, credential-looking options."""
-    from ..redaction import hide
-
-    password = urlsplit(url).password
-    if password:
-        hide(password, "<cache.remote password>")
-
-    def walk(tree: Any, dotted: str) -> None:
-        if isinstance(tree, Mapping):
-            for k, v in tree.items():
-                walk(v, f"{dotted}.{k}")
-        elif isinstance(tree, str) and SECRET_OPTION.search(dotted.rsplit(".", 1)[-1]):
-            hide(tree, f"<{dotted}>")
-
-    walk(options, "cache.remote_options")
 
 
 def _tar_folder(folder: Path, dest: Path) -> None:
@@ -77,8 +56,13 @@ def _untar_folder(archive: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-class Unreachable(Exception):
-    pass
+def _plain(tree: Any) -> Any:
+    """Options as plain dicts and lists (the validated config is read-only; fsspec's backends edit theirs)."""
+    if isinstance(tree, Mapping):
+        return {str(k): _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_plain(v) for v in tree]
+    return tree
 
 
 class RemoteCache:
@@ -86,7 +70,7 @@ class RemoteCache:
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None,
                  note: Callable[[dict[str, Any]], None] = lambda e: None, warn: Callable[[str], None] = print):
-        self.url, self.options = url.rstrip("/"), dict(options or {})
+        self.url, self.options = url.rstrip("/"), _plain(options or {})
         self.note, self.warn = note, warn
         self.off = False
         self.bad: set[str] = set()      # objects found corrupt there: a push replaces them
@@ -106,6 +90,8 @@ class RemoteCache:
         return "/".join([self._root.rstrip("/"), *parts])
 
     def _unreachable(self, doing: str, exc: BaseException) -> None:
+        if self.off:
+            return
         self.off = True
         why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".strip(": ")
         self.warn(f"warning: cache.remote {shown(self.url)}: unreachable while {doing} ({why[:200]}); "
@@ -119,6 +105,8 @@ class RemoteCache:
         if self.off:
             return None
         with self._lock:
+            if self.off:   # another op's transfer found it unreachable while this one waited
+                return None
             try:
                 fs = self._connect()
                 try:
@@ -177,6 +165,8 @@ class RemoteCache:
         if self.off:
             return
         with self._lock:
+            if self.off:
+                return
             try:
                 fs = self._connect()
                 for out in entry.outputs.values():
@@ -208,7 +198,9 @@ def remote_for(settings: Mapping[str, Any], note, warn=print) -> RemoteCache | N
     url = settings.get("remote")
     if not url:
         return None
+    from ..redaction import hide_credentials
+
+    hide_credentials(dict(settings))
     options = settings.get("remote_options") or {}
-    hide_credentials(url, options)
     return RemoteCache(str(url), options, note, warn)
 
