@@ -79,6 +79,24 @@ def test_an_unreachable_remote_is_one_warning_and_a_local_build(tmp_path, counte
     assert [e["action"] for e in cache.events] == ["unreachable: built with the local cache only"]
 
 
+def test_credentials_in_the_url_or_the_options_never_reach_a_file(tmp_path, monkeypatch):
+    from types import MappingProxyType as frozen
+
+    from yolobuild import redaction
+    from yolobuild.storage import write_atomic
+
+    monkeypatch.setattr(redaction, "_secrets", {})
+    settings = frozen({"dir": str(tmp_path / "c"), "remote": "https://builder:pa55word-77@cache.example/team",
+                       "remote_options": frozen({"secret": "s3cret-value-1", "endpoint_url": "https://cache.example",
+                                                 "client_kwargs": frozen({"aws_session_token": "tok-value-2"})})})
+    cache = Cache.configured(settings)                  # the validated config's read-only mappings
+    assert cache.remote.options["client_kwargs"] == {"aws_session_token": "tok-value-2"}   # fsspec gets the real ones
+    write_atomic(tmp_path / "out.json", json.dumps({"remote": settings["remote"], "options": cache.remote.options}))
+    text = (tmp_path / "out.json").read_text()
+    assert "pa55word-77" not in text and "s3cret-value-1" not in text and "tok-value-2" not in text
+    assert "<cache.remote_options.secret>" in text and "https://cache.example" in text   # the rest stays as it is
+
+
 # -- real builds against moto's S3 server (a minute or two: marked reliability, which CI runs) -------------
 
 ARGS = ("dataset.generator.calib_count=8", "dataset.calib.count=8", "dataset.generator.eval_count=8",

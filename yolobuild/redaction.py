@@ -39,10 +39,11 @@ CREDENTIAL_KEY = re.compile(r"key|secret|token|passw|credential|auth|sas|signatu
 def credentials(cache_settings: object) -> dict[str, str]:
     """What grants access in a config's `cache:` section (value -> stand-in): the password in
     cache.remote's URL, and every cache.remote_options value under a credential-looking name."""
+    from collections.abc import Mapping
     from urllib.parse import urlsplit
 
     found: dict[str, str] = {}
-    if not isinstance(cache_settings, dict):
+    if not isinstance(cache_settings, Mapping):
         return found
     url = cache_settings.get("remote")
     try:
@@ -53,7 +54,7 @@ def credentials(cache_settings: object) -> dict[str, str]:
         found[password] = "<cache.remote password>"
 
     def walk(tree: object, dotted: str) -> None:
-        if isinstance(tree, dict):
+        if isinstance(tree, Mapping):   # the validated config is read-only mappings
             for k, v in tree.items():
                 walk(v, f"{dotted}.{k}")
         elif isinstance(tree, (list, tuple)):
