@@ -185,3 +185,22 @@ def test_two_processes_contend_one_runs_the_other_waits_and_reuses_it(tmp_path):
     runs = [line.split() for line in statuses.read_text().splitlines()]
     assert [sorted(op) for op in zip(*runs)] == [["cached", "ran"], ["cached", "ran"]]   # the other reused it
     assert not list((cache / "locks").glob("*.lease")) and not list((cache / "locks").glob("*.break"))
+
+
+def test_without_hard_links_the_lease_is_created_exclusively_in_place(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")   # as on a file system without hard links
+
+    monkeypatch.setattr(lease_mod.os, "link", no_links)
+    path = tmp_path / "locks" / "op.lease"
+    first = Lease(path, heartbeat=0.2)
+    first.acquire()
+    assert json.loads(path.read_text())["token"] and not list(path.parent.glob("*.new"))
+    with pytest.raises(LeaseTimeout):
+        Lease(path).acquire(timeout=0.5)          # held (by a live process of this host): not taken
+    first.release()
+    with Lease(path):
+        assert path.exists()
+    assert not path.exists()

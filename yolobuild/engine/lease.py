@@ -22,6 +22,7 @@ waiters never both win; a holder releasing takes that turn too, so it never remo
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from typing import Any, Callable
 HEARTBEAT = 5.0        # seconds between the holder's touches of its lease
 STALE_AFTER = 60.0     # a lease whose heartbeat stood still this long (another host's) is broken
 BREAK_STALE = 10.0     # a break turn (held for milliseconds) left standing this long is broken
+_NO_HARD_LINKS = {getattr(errno, name) for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EMLINK") if hasattr(errno, name)}
 
 
 def _read(path: str) -> str | None:
@@ -151,7 +153,8 @@ class Lease:
                 return
             holder = read_holder(self.path)
             if holder is None:
-                continue   # released between our try and our look: try again at once
+                time.sleep(self.poll / 10)
+                continue   # released between our try and our look: try again
             why = self._dead(holder, seen)
             if why:
                 self._break(holder, why)
@@ -171,13 +174,15 @@ class Lease:
         try:
             os.write(fd, json.dumps(record).encode())
             os.fsync(fd)
+            no_links = False
             try:
                 os.link(tmp, self.path)
                 linked = True
             except FileExistsError:
                 linked = False
-            except OSError:   # NFS may answer a link that did happen with an error: the link count tells
+            except OSError as exc:   # NFS may answer a link that did happen with an error: the link count tells
                 linked = os.fstat(fd).st_nlink == 2
+                no_links = not linked and exc.errno in _NO_HARD_LINKS
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -185,7 +190,21 @@ class Lease:
         os.unlink(tmp)
         if not linked:
             os.close(fd)
+            return self._create_in_place(record) if no_links else False
+        return self._hold(fd)
+
+    def _create_in_place(self, record: dict[str, Any]) -> bool:
+        """Where the file system has no hard links: create-exclusive on the name itself (atomic on NFSv3+);
+        a reader may see it empty for a moment, which judges it by its fresh modification time."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
             return False
+        os.write(fd, json.dumps(record).encode())
+        os.fsync(fd)
+        return self._hold(fd)
+
+    def _hold(self, fd: int) -> bool:
         self._fd, self._inode, self.lost = fd, os.fstat(fd).st_ino, False
         if self.heartbeat:
             self._stop = threading.Event()
