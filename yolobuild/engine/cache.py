@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage import default_root, write_atomic  # noqa: F401 (the engine's callers import them from here)
-from .lease import Lease, pid_alive  # noqa: F401 (pid_alive: the engine's callers import it from here)
+from .lease import HostQueuedLease, Lease, pid_alive  # noqa: F401 (pid_alive: the engine's callers import it from here)
 
 CHUNK = 1 << 20
 
@@ -63,35 +63,6 @@ class Entry:
     outputs: dict[str, dict[str, Any]]   # name -> {"sha256", "kind": file|dir, "size"}
     record: dict[str, Any]               # kind, key, results, seconds, created
     origin: str = "local"                # "remote": pulled from cache.remote by this build
-
-
-class HostQueuedLease:
-    """A lease (holds across hosts, engine.lease) taken behind a flock on a file of this host's own temp
-    folder: this host's waiters queue in the kernel (woken at once, released even by a killed process)
-    and only one of them at a time polls the shared lease file. The flock is never on the shared
-    folder, where a host that died could leave it held."""
-
-    def __init__(self, local: Path, lease: Lease):
-        self.local, self.lease = local, lease
-
-    def __enter__(self):
-        from filelock import FileLock
-
-        self.local.parent.mkdir(parents=True, exist_ok=True)
-        self._flock = FileLock(str(self.local))
-        self._flock.acquire()
-        try:
-            self.lease.acquire()
-        except BaseException:
-            self._flock.release()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self.lease.release()
-        finally:
-            self._flock.release()
 
 
 class Cache:

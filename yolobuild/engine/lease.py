@@ -320,5 +320,34 @@ class Lease:
                 turn.release()
 
 
+class HostQueuedLease:
+    """A lease (holds across hosts, engine.lease) taken behind a flock on a file of this host's own temp
+    folder: this host's waiters queue in the kernel (woken at once, released even by a killed process)
+    and only one of them at a time polls the shared lease file. The flock is never on the shared
+    folder, where a host that died could leave it held."""
+
+    def __init__(self, local: Path, lease: Lease):
+        self.local, self.lease = local, lease
+
+    def __enter__(self):
+        from filelock import FileLock
+
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self._flock = FileLock(str(self.local))
+        self._flock.acquire()
+        try:
+            self.lease.acquire()
+        except BaseException:
+            self._flock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.lease.release()
+        finally:
+            self._flock.release()
+
+
 def describe(record: dict[str, Any]) -> str:
     return f"host {record.get('host', '?')} pid {record.get('pid', '?')}"
