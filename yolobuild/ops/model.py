@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from ..errors import CheckFailed, UserError
-from ..models import arch
-from ..models.arch import ANCHOR_FREE
+from ..models.family import ANCHOR_FREE
 from . import OpContext
 from .building import (_model_anchors_px, _set_anchors_px, _what, build_from_meta, checkpoint_dict, example_input,
-                       family_module, host_meta, load_checkpoint, meta_json, normalize_anchors)
+                       family_module, family_of, host_meta, load_checkpoint, meta_json, normalize_anchors)
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file, load_into, read_weights
 from .patches import HEADS, apply_graph_settings, check_patch_names
 
@@ -61,10 +60,10 @@ def load_model(ctx: OpContext) -> None:
     p = ctx.params
     family = p["family"]
     family_module(family)
-    layouts = arch.FAMILIES[family]["layouts"]
+    layouts = family_of(family).layouts
     if p["layout"] not in layouts:
         raise UserError(f"model.layout: {p['layout']!r} is not a {family} layout; allowed: {', '.join(layouts)}")
-    free = arch.FAMILIES[family]["head"] == ANCHOR_FREE
+    free = family_of(family).head == ANCHOR_FREE
     meta = {"family": family, "scale": p["scale"], "layout": p["layout"], "nc": int(p["nc"]),
             "names": p.get("names"), "input_size": None,
             "anchors": None if free else normalize_anchors(p.get("anchors"), layouts[p["layout"]]["anchors"])}
