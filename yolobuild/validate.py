@@ -183,6 +183,11 @@ def _rule_model_layout(c: dict) -> list[tuple[str, str]]:
     if m["max_stride"] != want:
         out.append(("model.max_stride", f"{m['max_stride']} does not match {m['family']} layout {m['layout']} "
                     f"(max stride {want}); allowed: {want}"))
+    head = c["graph"]["head"]
+    if head not in spec.heads:
+        givers = [f.name for f in registry.families().values() if head in f.heads]
+        out.append(("graph.head", f"{head!r} is not a {m['family']} head layout"
+                    + (f" (only {', '.join(givers)} give it)" if givers else "") + f"; allowed: {', '.join(spec.heads)}"))
     return out
 
 
@@ -207,6 +212,10 @@ def _rule_head_suits_target(c: dict) -> list[tuple[str, str]]:
     head, heads = c["graph"]["head"], c["target"]["heads"]
     if head in heads["allowed"]:
         return []
+    why = (heads.get("refused") or {}).get(head)
+    if why:
+        return [("graph.head", f"{head!r} does not suit target {c['target']['name']}: {why}; allowed: "
+                 f"{', '.join(heads['allowed'])}")]
     return [("graph.head", f"{head!r} does not suit target {c['target']['name']}; allowed: {', '.join(heads['allowed'])}")]
 
 

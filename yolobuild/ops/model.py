@@ -141,11 +141,13 @@ def _outputs_numpy(out) -> list[np.ndarray]:
     return [t.detach().numpy() for t in out]
 
 
-def compare_fields(a: np.ndarray, b: np.ndarray, meta: dict | None = None) -> dict[str, dict[str, float]]:
-    """Per field (boxes, objectness, class_scores) cosine and max_abs of two decoded arrays."""
+def compare_fields(a: np.ndarray, b: np.ndarray, meta: dict | None = None,
+                   layout: str = "decoded") -> dict[str, dict[str, float]]:
+    """Per field (boxes, objectness, class_scores; the top-k layout's boxes and scores) cosine and max_abs of
+    two decoded arrays."""
     from .check import field_stats
 
-    return field_stats(a, b, meta)
+    return field_stats(a, b, meta, layout)
 
 
 def patch(ctx: OpContext) -> None:
@@ -159,6 +161,9 @@ def patch(ctx: OpContext) -> None:
     src = load_checkpoint_file(ctx.inputs["model"], key="model")
     if not (isinstance(src, dict) and src.get("format") == CHECKPOINT_FORMAT):
         raise UserError(f"model: {ctx.inputs['model']}: not a {CHECKPOINT_FORMAT} file")
+    fam = family_of(src.get("family", "yolov5"))
+    if head not in fam.heads:
+        raise UserError(f"graph.head: {head!r} is not a {fam.name} head layout; allowed: {', '.join(fam.heads)}")
     if src.get("syncbn") and "syncbn_to_bn" not in patches:   # the file held SyncBatchNorm (load_model)
         patches.insert(0, "syncbn_to_bn")
     patched = dict(src)
@@ -181,7 +186,7 @@ def check_patch(ctx: OpContext) -> None:
 
 def _verify_patched(ctx: OpContext, patched: dict) -> None:
     """The patched model decodes to what the original computes (patch_check.json), else CheckFailed."""
-    from ..runtime.decode import to_decoded
+    from ..runtime.decode import comparable
 
     head, patches, fused = patched["head"], list(patched.get("patches") or []), bool(patched.get("fuse"))
     x = example_input(patched)
@@ -189,11 +194,10 @@ def _verify_patched(ctx: OpContext, patched: dict) -> None:
     model = copy.deepcopy(reference)          # same as load_patched(out), without building twice
     model.patch_figures = apply_graph_settings(model, head, patches, fused, x, verify=True)
     with torch.no_grad():
-        ref = reference(x).numpy()
-        got = to_decoded(_outputs_numpy(model(x)), head, host_meta(patched))
+        got, ref = comparable(_outputs_numpy(model(x)), head, reference(x).numpy(), host_meta(patched))
     if got.shape != ref.shape:
         raise CheckFailed(f"patch: patched model decodes to {got.shape}, the original to {ref.shape}")
-    figures = compare_fields(got, ref, host_meta(patched))
+    figures = compare_fields(got, ref, host_meta(patched), head)
     report = {"head": head, "fuse": fused, "patches": patches,
               "input": list(x.shape), "fields": figures,
               "applied": {k: v for k, v in model.patch_figures.items()}}
