@@ -175,6 +175,31 @@ def test_yolo26_topk_output_matches_upstream_end2end(tmp_path, upstream_refs):
     np.testing.assert_allclose(got[..., :4], want[..., :4], atol=1e-3)        # boxes (pixels)
 
 
+def test_yolo26_topk_head_exported_to_onnx_matches_upstream_end2end(tmp_path, upstream_refs):
+    """graph.head=topk through the patch and export ops, run by ONNX Runtime: upstream's end2end rows (its first
+    max_det; the export keeps 300, best first), scores place by place, each row's class and box those of an
+    upstream row of equal score (near-equal scores may be ranked in the other order after conv+BN fusion)."""
+    ref_dir, cases = upstream_refs
+    outs, _ = _load(tmp_path, ref_dir, "yolo26n", cases["yolo26n"]["file"])
+    refs = np.load(ref_dir / "refs.npz")
+    x, want = refs["input"], refs["yolo26n_topk"]
+    h, w = x.shape[2:]
+    p, _ = run_op("patch", tmp_path / "p", dict(head="topk", patches=["no_inplace_slice"], fuse=True, height=h, width=w),
+                  {"model": outs["model.pt"]}, ["patched.pt", "patch_check.json"])
+    e, res = run_op("export_onnx", tmp_path / "e", dict(opset=13, head="topk", batch=1, height=h, width=w),
+                    {"model": p["patched.pt"]}, ["model.onnx"])
+    assert {"TopK", "GatherElements"} <= set(res["op_types"]) and res["outputs"]["detections"] == [1, 300, 6]
+    sess = ort.InferenceSession(str(e["model.onnx"]), providers=["CPUExecutionProvider"])
+    for i in range(len(x)):
+        got = sess.run(None, {"images": x[i:i + 1]})[0][0, :want.shape[1]]
+        up = want[i]
+        np.testing.assert_allclose(got[:, 4], up[:, 4], atol=1e-5)
+        for row in got:
+            same = np.flatnonzero((up[:, 5] == row[5]) & (np.abs(up[:, 4] - row[4]) <= 1e-5))
+            assert len(same), f"image {i}: no upstream row of class {row[5]} with score {row[4]}"
+            assert np.abs(up[same, :4] - row[:4]).sum(1).min() <= 1e-2, f"image {i}: box {row[:4]} is no upstream box"
+
+
 def test_ultralytics_size_from_the_yaml_multiples_or_the_shapes(tmp_path, upstream_refs):
     """depth/width multiples without `scale` name yolov8s; multiples of no named scale build from the yaml;
     a state_dict without any yaml is recognised from its layer shapes."""
