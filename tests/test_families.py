@@ -198,7 +198,11 @@ def test_yolo26_topk_head_builds_for_onnxruntime_with_parity(tmp_path):
     assert set(m["parity"]) == {"boxes", "scores"} and min(v["cosine"] for v in m["parity"].values()) > 0.9999
     types = {n.op_type for n in onnx.load(str(b / "model.onnx")).graph.node}
     assert {"TopK", "GatherElements"} <= types
-    head = json.loads((b / "deploy" / "deploy.json").read_text())["head"]
+    from .test_deploy import schema_errors
+
+    doc = json.loads((b / "deploy" / "deploy.json").read_text())
+    assert schema_errors(doc) == []
+    head = doc["head"]
     assert head["layout"] == "topk" and head["columns"] == ["x1", "y1", "x2", "y2", "score", "class"]
     assert head["outputs"][0]["shape"] == [1, 300, 6] and "no NMS" in head["formula"]
     r = subprocess.run([sys.executable, "deploy/infer.py", "--check"], cwd=b, capture_output=True, text=True,
