@@ -118,7 +118,7 @@ def test_weights_of_another_architecture_name_the_bad_keys(demo, tmp_path):
     root, args, _ = demo
     import torch
 
-    from yolobuild.models.yolov5 import build_yolov5
+    from yolobuild.models.yolov5.model import build_yolov5
 
     other = tmp_path / "yolov5s-state.pt"
     torch.save(build_yolov5("s", nc=3).state_dict(), other)

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from yolobuild.errors import UserError  # noqa: E402
-from yolobuild.models import darknet_cfg as dc  # noqa: E402
+from yolobuild.models.darknet import darknet_cfg as dc  # noqa: E402
 
 from .conftest import build_dir, run_cli  # noqa: E402
 from .conftest import cli_in_process as _cli  # noqa: E402
@@ -39,7 +39,7 @@ def load(root: Path, weights: Path, **kw):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A lively yolov3-tiny (nc=3) written as a Darknet .weights file and loaded by load_model."""
-    from yolobuild.models.darknet import build, write_weights
+    from yolobuild.models.darknet.model import build, write_weights
 
     work = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
@@ -52,13 +52,13 @@ def tiny(tmp_path_factory):
 # --------------------------------------------------------------------------- cfg and .weights layout
 
 def test_cfg_parse_builds_yolov3_and_tiny_with_the_table_strides():
-    from yolobuild.models.arch import FAMILIES
-    from yolobuild.models.darknet import build
+    from yolobuild.models.registry import families
+    from yolobuild.models.darknet.model import build
 
     for layout, n_layers, strides in (("yolov3", 107, [8, 16, 32]), ("yolov3-tiny", 24, [16, 32])):
         layers = dc.walk(dc.read_cfg(layout))
         assert len(layers) == n_layers
-        spec = FAMILIES["yolov3"]["layouts"][layout]
+        spec = families()["yolov3"].layouts[layout]
         assert [y["stride_px"] for y in dc.levels(layers)] == spec["strides"] == strides
         assert [y["anchors"] for y in dc.levels(layers)] == spec["anchors"]    # table = shipped cfg
     # the shipped cfgs imply exactly the sizes of the released yolov3.weights / yolov3-tiny.weights
@@ -84,7 +84,7 @@ def test_cfg_parse_builds_yolov3_and_tiny_with_the_table_strides():
 
 
 def test_tiny_maxpool_stride_1_keeps_the_map_size_like_darknet():
-    from yolobuild.models.darknet import MaxPool
+    from yolobuild.models.darknet.model import MaxPool
 
     x = torch.randn(1, 2, 5, 5) - 3          # all negative: a zero pad (the common port) would win at the edge
     y = MaxPool(2, 1, 1)(x)
@@ -96,7 +96,7 @@ def test_tiny_maxpool_stride_1_keeps_the_map_size_like_darknet():
 
 
 def test_weights_round_trip_is_exact(tiny):
-    from yolobuild.models.darknet import read_darknet, write_weights
+    from yolobuild.models.darknet.model import read_darknet, write_weights
     from yolobuild.ops.building import load_checkpoint
 
     work, model, model_pt, res, size = tiny
@@ -164,7 +164,7 @@ def test_tiny_export_parity_every_head(tiny, head, fuse):
 
 def test_yolov3_export_parity_raw_fused(tmp_path):
     """Full Darknet-53 YOLOv3 (nc=3), one head layout at a small input: kept light (62M parameters)."""
-    from yolobuild.models.darknet import build, write_weights
+    from yolobuild.models.darknet.model import build, write_weights
     from yolobuild.ops.building import example_input
 
     torch.manual_seed(0)
@@ -209,7 +209,7 @@ def test_weights_of_the_other_layout_or_class_count(tiny, tmp_path):
 
 
 def test_other_family_checkpoints_name_both_families(tiny, tmp_path):
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.yolov5.model import build as build_v5
 
     work = tiny[0]
     torch.save(build_v5("n", "v6", NC).state_dict(), tmp_path / "v5.pt")
@@ -328,7 +328,7 @@ def _hand_decode(raw: list[np.ndarray], anchors_px: list[list[float]], strides: 
 def test_user_cfg_gives_architecture_and_anchors(tmp_path):
     """A .weights with its own cfg (second [yolo] mask 0,1,2): anchors come from that cfg, read beside the
     weights (with a note) or via model.cfg; the decode matches a hand decode with the cfg's anchors."""
-    from yolobuild.models.darknet import build, write_weights
+    from yolobuild.models.darknet.model import build, write_weights
     from yolobuild.ops.building import load_checkpoint
 
     text = _user_tiny_cfg(NC)

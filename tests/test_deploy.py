@@ -163,14 +163,14 @@ def test_check_compares_with_tolerance():
 @pytest.mark.parametrize("input_layout", ["nchw_float32", "nhwc_uint8"])
 def test_deploy_json_for_every_family_and_head_matches_schema(input_layout):
     from yolobuild.deploy.describe import deploy_document
-    from yolobuild.models.arch import FAMILIES
+    from yolobuild.models.registry import families
 
-    for family, row in FAMILIES.items():
-        layout = next(iter(row["layouts"].values()))
+    for family, row in families().items():
+        layout = next(iter(row.layouts.values()))
         anchors = layout["anchors"]
         meta = {"family": family, "nc": 2, "names": ["a", "b"], "strides": layout["strides"],
                 "anchors_px": [[anchors[i][j:j + 2] for j in range(0, len(anchors[i]), 2)] for i in range(len(anchors))]
-                if anchors else None, "head_kind": row["head"], "decode": row["decode"]}
+                if anchors else None, "head_kind": row.head, "decode": row.decode}
         for head in ("raw", "split", "decoded"):
             p = {"height": 320, "width": 320, "input_layout": input_layout, "head": head, "toolchain": "rknn-toolkit2",
                  "scale": 1 / 255, "pad_value": 114, "precision": "int8", "platform": "rk3588"}
@@ -180,10 +180,10 @@ def test_deploy_json_for_every_family_and_head_matches_schema(input_layout):
                                   {"conf_threshold": 0.25, "iou_threshold": 0.45, "max_det": 100, "class_aware": True},
                                   None)
             assert schema_errors(doc) == [], (family, head)
-            assert doc["head"]["decode"] == row["decode"]
-            if row["head"] == "anchor_free":
+            assert doc["head"]["decode"] == row.decode
+            if row.head == "anchor_free":
                 assert "objectness" not in doc["head"]["columns"] and "no objectness" in doc["head"]["formula"]
-            if head == "raw" and row["decode"] == "darknet":
+            if head == "raw" and row.decode == "darknet":
                 assert "exp(t2)" in doc["head"]["formula"]
             feed = doc["preprocessing"]["feed"]
             assert feed["scale_applied_by"] == ("model" if input_layout == "nhwc_uint8" else "application")

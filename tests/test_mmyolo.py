@@ -142,7 +142,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lively_n(work):
     """mmyolo YOLOv5s, nc=3, random weights made input-sensitive with confident detections."""
-    from yolobuild.models.mmyolo import build
+    from yolobuild.models.mmyolo.model import build
 
     torch.manual_seed(0)
     return lively(build(SCALE, "v61", 3, anchors=[[v for p in lv for v in p] for lv in ANCHORS]),
@@ -161,7 +161,7 @@ def model_pt(work, lively_n):
 def test_state_dict_matches_mmyolo_yolov5s_layout():
     """Key names / shapes derived from mmyolo's YOLOv5CSPDarknet, YOLOv5PAFPN, YOLOv5HeadModule (widen 0.5,
     deepen 0.33, 80 classes); the count equals ultralytics' yolov5s (7,235,389), the same network."""
-    from yolobuild.models.mmyolo import build
+    from yolobuild.models.mmyolo.model import build
 
     sd = build("s", "v61", 80).state_dict()
     expected = {
@@ -204,8 +204,8 @@ def test_same_network_as_ultralytics_yolov5_v6(tmp_path):
     """mmyolo's YOLOv5 v6.1 is ultralytics' v6 network under other names: with the weights mapped across,
     yolobuild's two implementations give the same decoded output (an independent check of the wiring:
     concat orders, CSP branches, SPPF, neck)."""
-    from yolobuild.models.mmyolo import build
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.mmyolo.model import build
+    from yolobuild.models.yolov5.model import build as build_v5
 
     torch.manual_seed(0)
     v5 = lively(build_v5("n", "v6", 3), demo_images(tmp_path, 2, H, W))
@@ -267,8 +267,8 @@ def test_published_checkpoint_loads(work, lively_n, tmp_path):
 
 
 def test_another_family_is_named_with_the_recipes(tmp_path):
-    from yolobuild.models.mmyolo import build
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.mmyolo.model import build
+    from yolobuild.models.yolov5.model import build as build_v5
 
     v5 = tmp_path / "yolov5s.pt"
     torch.save(build_v5("s", "v6", 3).state_dict(), v5)
@@ -293,7 +293,7 @@ def test_another_family_is_named_with_the_recipes(tmp_path):
 
 
 def test_class_count_mismatch(tmp_path):
-    from yolobuild.models.mmyolo import build
+    from yolobuild.models.mmyolo.model import build
 
     model = build(SCALE, "v61", 3)
     bad = save_mmengine(model, tmp_path / "names.pth", classes=("a", "b", "c", "d", "e"))
@@ -319,7 +319,7 @@ def test_truncated_file_is_a_user_error(lively_n, tmp_path, fmt):
 
 @pytest.mark.parametrize("bad", ["truncated", "other_family", "class_count"])
 def test_bad_input_exits_2_in_one_line(model_pt, lively_n, work, tmp_path, bad):
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.yolov5.model import build as build_v5
 
     full = work / "yolov5_s-v61_syncbn_fast_8xb16-300e_shapes.pth"
     weights = tmp_path / f"{bad}.pth"
@@ -376,7 +376,7 @@ def test_unpatched_raw_graph_carries_the_split(model_pt, tmp_path):
 
 
 def test_truncate_head_fails_loudly_without_an_mmyolo_head():
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.yolov5.model import build as build_v5
     from yolobuild.ops.patches import patch_function
 
     with pytest.raises(UserError, match="mmyolo_truncate_head found no mmyolo YOLOv5HeadModule"):

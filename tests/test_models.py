@@ -36,7 +36,7 @@ def work(tmp_path_factory) -> Path:
 
 
 def _perturbed_v8(nc=3):
-    from yolobuild.models.yolov8 import build
+    from yolobuild.models.yolov8.model import build
 
     torch.manual_seed(2)
     m = build("n", "v8", nc)
@@ -197,7 +197,7 @@ def test_restricted_unpickler_maps_upstream_classes_to_inert_stand_ins():
 
 
 def test_source_repo_missing_or_without_module(work):
-    from yolobuild.models.yolov5 import build
+    from yolobuild.models.yolov5.model import build
 
     torch.save(build("n", "v6", 3), work / "own_full.pt")      # references yolobuild.models.yolov5.* classes
     with pytest.raises(UserError, match=r"model.source.repo: .*nope: no such folder"):
@@ -211,7 +211,7 @@ def test_source_repo_missing_or_without_module(work):
 
 
 def test_truncated_full_pickle(work):
-    from yolobuild.models.yolov5 import build
+    from yolobuild.models.yolov5.model import build
 
     torch.save({"model": build("n", "v6", 3)}, work / "full.pt")
     data = (work / "full.pt").read_bytes()

@@ -45,7 +45,7 @@ def work(tmp_path_factory) -> Path:
 
 def make_checkpoint(path: Path, nc: int = 3, fp16: bool = True):
     """A yolobuild checkpoint with non-trivial BatchNorm statistics (so fusing changes numbers)."""
-    from yolobuild.models.yolov5 import build_yolov5
+    from yolobuild.models.yolov5.model import build_yolov5
 
     torch.manual_seed(1)
     m = build_yolov5("n", nc=nc, anchors=CKPT_ANCHORS)
@@ -133,7 +133,7 @@ def test_load_model_checkpoint_metadata_wins(ckpt_model):
 
 
 def test_load_model_plain_and_wrapped_state_dict(work):
-    from yolobuild.models.yolov5 import build_yolov5
+    from yolobuild.models.yolov5.model import build_yolov5
 
     torch.manual_seed(3)
     sd = build_yolov5("n", nc=3).state_dict()
@@ -151,7 +151,7 @@ def test_load_model_plain_and_wrapped_state_dict(work):
 def bad_files(work):
     from PIL import Image
 
-    from yolobuild.models.yolov5 import build_yolov5
+    from yolobuild.models.yolov5.model import build_yolov5
 
     d = work / "bad"
     d.mkdir()
@@ -172,7 +172,7 @@ def bad_files(work):
     ("photo", ["not a checkpoint", "JPEG"]),
     ("nc80", ["does not fit", "model.24.m.0.weight file [255,64,1,1] vs model [24,64,1,1]", "nc=80"]),
     ("scale_s", ["does not fit", "model.0.conv.weight file [32,3,6,6] vs model [16,3,6,6]", "yolov5s"]),
-    ("full", ["full pickle referencing yolobuild.models.yolov5.DetectionModel", "state_dict()"]),
+    ("full", ["full pickle referencing yolobuild.models.yolov5.model.DetectionModel", "state_dict()"]),
     ("missing", ["no such file"]),
 ])
 def test_load_model_bad_weights(work, bad_files, name, expected):
@@ -189,7 +189,7 @@ def test_load_model_bad_weights(work, bad_files, name, expected):
 # --------------------------------------------------------------------------- patch
 
 def test_patch_fuse_silu_and_verifications(work, ckpt_model):
-    from yolobuild.models.yolov5 import Conv
+    from yolobuild.models.yolov5.model import Conv
     from yolobuild.ops.patches import SigmoidMul
     from yolobuild.ops.building import load_checkpoint, load_patched
 

@@ -17,7 +17,7 @@ H = W = 128
 
 @pytest.fixture(scope="module")
 def focus_model(tmp_path_factory):
-    from yolobuild.models.yolov5 import build
+    from yolobuild.models.yolov5.model import build
 
     work = tmp_path_factory.mktemp("focus")
     torch.manual_seed(0)
@@ -53,7 +53,7 @@ def test_focus_as_conv_leaves_no_slices_in_the_graph(focus_model, tmp_path):
 
 
 def test_patch_whose_module_is_absent_fails_loudly(tmp_path):
-    from yolobuild.models.yolov5 import build
+    from yolobuild.models.yolov5.model import build
     from yolobuild.ops.patches import patch_function
 
     v6 = build("n", "v6", 3).eval()
@@ -64,7 +64,7 @@ def test_patch_whose_module_is_absent_fails_loudly(tmp_path):
 
 
 def test_syncbn_to_bn_keeps_outputs(tmp_path):
-    from yolobuild.models.yolov5 import build
+    from yolobuild.models.yolov5.model import build
     from yolobuild.ops.patches import patch_function
 
     torch.manual_seed(0)

@@ -79,12 +79,12 @@ def upstream_checkpoint(model: nn.Module, path, syncbn: bool = True, tweak=None)
     """Save `model` (yolobuild's yolor) as upstream YOLOR's train.py saves its EMA model: upstream class
     names, upstream's extra attributes (yaml, names, stride, hyp, gr; IDetect grid / anchor_grid / export)
     and, with `syncbn`, every BatchNorm2d as torch.nn.SyncBatchNorm (train.py --sync-bn)."""
-    from yolobuild.models.yolor_arch import YOLOR_LAYOUTS, YOLOR_ANCHORS
+    from yolobuild.models.yolor.layers import YOLOR_LAYOUTS, YOLOR_ANCHORS
 
     with fake_modules(UPSTREAM_CLASSES) as mods:
         up = copy.deepcopy(model).float().eval()
         for m in up.modules():
-            if type(m).__module__ in ("yolobuild.models.yolor", "yolobuild.models.yolov5"):   # Conv & co. are shared
+            if type(m).__module__ in ("yolobuild.models.yolor.model", "yolobuild.models.yolov5.model"):   # Conv & co. are shared
                 m.__class__ = getattr(mods["models.yolo" if type(m).__name__ in ("Model", "IDetect")
                                            else "models.common"], type(m).__name__)
         head = up.model[-1]
@@ -124,7 +124,7 @@ def conditioned(work, layout: str = "p6") -> nn.Module:
     chi = E[silu'(h)^2] / Var[silu(h)]: 1.21 at mu=0, 1.03 at mu=1.5. So every BatchNorm's bias is set
     to 1.5 (near the edge of chaos) before lively() measures the statistics on 8 demo images (enough
     samples at P6, 2x2 here). Checked below, so the parity tests never pass on a degenerate network."""
-    from yolobuild.models.yolor import build
+    from yolobuild.models.yolor.model import build
     from yolobuild.ops.building import example_input
     from yolobuild.ops.patches import fuse
 
@@ -198,7 +198,7 @@ def sync_model(work, sync_pickle):
 def test_upstream_key_layout_and_sizes():
     """Keys and shapes read off upstream's yolor-p6.yaml / yolor-w6.yaml (ReOrg -> 12 channels, SPPCSP's
     hidden width 2*c2*0.5, IDetect's ia over the four output convs, im over na*(nc+5))."""
-    from yolobuild.models.yolor import build
+    from yolobuild.models.yolor.model import build
 
     p6 = build(None, "p6", 80).state_dict()
     want = {"model.1.conv.weight": (64, 12, 3, 3), "model.3.cv2.weight": (64, 128, 1, 1),
@@ -222,7 +222,7 @@ def test_upstream_key_layout_and_sizes():
 
 
 def test_raw_outputs_follow_the_strides(net):
-    from yolobuild.models.arch import FAMILIES
+    from yolobuild.models.registry import families
 
     d = net.detect
     d.layout = "raw"
@@ -231,13 +231,13 @@ def test_raw_outputs_follow_the_strides(net):
             outs = net(torch.zeros(1, 3, H, W))
     finally:
         d.layout = "decoded"
-    spec = FAMILIES["yolor"]["layouts"]["p6"]
+    spec = families()["yolor"].layouts["p6"]
     assert [H // o.shape[-2] for o in outs] == spec["strides"] == [8, 16, 32, 64]
     assert torch.allclose(d.anchors * d.stride.view(-1, 1, 1), torch.tensor(spec["anchors"]).float().view(4, 3, 2))
 
 
 def test_implicit_layers_are_applied_and_fold_exactly(net):
-    from yolobuild.models.yolor import fuse_implicit
+    from yolobuild.models.yolor.model import fuse_implicit
 
     x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(5))
     m = copy.deepcopy(net).eval()
@@ -255,14 +255,14 @@ def test_implicit_layers_are_applied_and_fold_exactly(net):
         torch.testing.assert_close(m(x), ref, rtol=1e-3, atol=1e-3)   # float32 reassociation in the wh power
     with pytest.raises(UserError, match="fuse_implicit found no ImplicitA / ImplicitM left"):
         fuse_implicit(m)
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.yolov5.model import build as build_v5
     with pytest.raises(UserError, match="fuse_implicit found no YOLOR IDetect"):
         fuse_implicit(build_v5("n", "v6", NC).eval())
 
 
 def test_idetect_export_verifies_and_catches_upstream_decode(net):
     """The upstream IDetect export bugs, written into a copy of the head, are what the idetect_export patch refuses."""
-    from yolobuild.models.yolor import verify_idetect_export
+    from yolobuild.models.yolor.model import verify_idetect_export
 
     x = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(6))
     m = copy.deepcopy(net).eval()
@@ -293,7 +293,7 @@ def test_idetect_export_verifies_and_catches_upstream_decode(net):
     d.forward = types.MethodType(export_flag, d)
     with pytest.raises(CheckFailed, match="training mode"):
         verify_idetect_export(m, x)
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.yolov5.model import build as build_v5
     with pytest.raises(UserError, match="idetect_export found no YOLOR IDetect"):
         verify_idetect_export(build_v5("n", "v6", NC).eval(), x)
 
@@ -426,7 +426,7 @@ def test_class_count_mismatch(work, net, sd_model):
 
 @pytest.fixture(scope="module")
 def v5n(work):
-    from yolobuild.models.yolov5 import build as build_v5
+    from yolobuild.models.yolov5.model import build as build_v5
 
     torch.manual_seed(0)
     torch.save(build_v5("n", "v6", NC).state_dict(), work / "v5n.pt")

@@ -163,25 +163,31 @@ def _rule_input_stride(c: dict) -> list[tuple[str, str]]:
 
 
 def _rule_model_layout(c: dict) -> list[tuple[str, str]]:
-    """family / layout / scale / max_stride agree with the family table (models.arch, torch-free)."""
-    from .models.arch import FAMILIES
+    """family / layout / scale / max_stride agree with the family's declaration (models.registry, torch-free)."""
+    from .models import registry
 
     m = c["model"]
-    spec = FAMILIES.get(m["family"])
+    spec = registry.find(m["family"])
     if spec is None:
-        return [("model.family", f"{m['family']!r} is not a model family{nearest(m['family'], FAMILIES)}; "
-                 f"allowed: {', '.join(FAMILIES)}")]
-    if m["layout"] not in spec["layouts"]:
+        known = registry.families()
+        return [("model.family", f"{m['family']!r} is not a model family{nearest(m['family'], known)}; "
+                 f"allowed: {', '.join(known)}")]
+    if m["layout"] not in spec.layouts:
         return [("model.layout", f"{m['layout']!r} is not a {m['family']} layout; allowed: "
-                 f"{', '.join(spec['layouts'])}")]
+                 f"{', '.join(spec.layouts)}")]
     out = []
-    if m["scale"] not in spec["scales"]:
+    if m["scale"] not in spec.scales:
         out.append(("model.scale", f"{m['scale']!r} is not a {m['family']} scale; allowed: "
-                    f"{', '.join(map(str, spec['scales']))}"))
-    want = max(spec["layouts"][m["layout"]]["strides"])
+                    f"{', '.join(map(str, spec.scales))}"))
+    want = spec.max_stride(m["layout"])
     if m["max_stride"] != want:
         out.append(("model.max_stride", f"{m['max_stride']} does not match {m['family']} layout {m['layout']} "
                     f"(max stride {want}); allowed: {want}"))
+    head = c["graph"]["head"]
+    if head not in spec.heads:
+        givers = [f.name for f in registry.families().values() if head in f.heads]
+        out.append(("graph.head", f"{head!r} is not a {m['family']} head layout"
+                    + (f" (only {', '.join(givers)} give it)" if givers else "") + f"; allowed: {', '.join(spec.heads)}"))
     return out
 
 
@@ -194,9 +200,10 @@ def _rule_family_suits_target(c: dict) -> list[tuple[str, str]]:
 
 
 def _rule_patch_names(c: dict) -> list[tuple[str, str]]:
-    """graph.patches names rows of the patch table (models.arch.PATCHES, torch-free)."""
-    from .models.arch import PATCHES
+    """graph.patches names rows of the patch table (models.registry, torch-free)."""
+    from .models import registry
 
+    PATCHES = registry.patches()
     return [("graph.patches", f"{name!r} is not a known patch{nearest(name, PATCHES)}; allowed: {', '.join(PATCHES)}")
             for name in c["graph"]["patches"] if name not in PATCHES]
 
@@ -205,6 +212,10 @@ def _rule_head_suits_target(c: dict) -> list[tuple[str, str]]:
     head, heads = c["graph"]["head"], c["target"]["heads"]
     if head in heads["allowed"]:
         return []
+    why = (heads.get("refused") or {}).get(head)
+    if why:
+        return [("graph.head", f"{head!r} does not suit target {c['target']['name']}: {why}; allowed: "
+                 f"{', '.join(heads['allowed'])}")]
     return [("graph.head", f"{head!r} does not suit target {c['target']['name']}; allowed: {', '.join(heads['allowed'])}")]
 
 
@@ -282,22 +293,24 @@ def _rule_weights(c: dict) -> list[tuple[str, str]]:
 
 def _rule_darknet_cfg(c: dict) -> list[tuple[str, str]]:
     """model.cfg (or the .cfg beside the .weights) parses and fits the weights' size; torch-free."""
-    from .models.darknet_cfg import check_cfg_against_weights, user_cfg
+    from .models import registry
 
     m = c["model"]
-    if m.get("cfg") and m["family"] != "yolov3":
-        return [("model.cfg", f"a Darknet cfg builds yolov3 models only, the recipe is {m['family']}; "
-                 "remove model.cfg")]
-    if m["family"] != "yolov3":
+    reader = registry.cfg_reader(m["family"])
+    if m.get("cfg") and reader is None:
+        takes = [f for f in registry.families().values() if f.cfg]
+        return [("model.cfg", f"{' / '.join(f.cfg_what for f in takes) or 'a model cfg'} builds "
+                 f"{', '.join(f.name for f in takes)} models only, the recipe is {m['family']}; remove model.cfg")]
+    if reader is None:
         return []
-    cfg, _ = user_cfg(m.get("cfg"), m["weights"])
+    cfg, _ = reader.user_cfg(m.get("cfg"), m["weights"])
     if cfg is None:
         return []
     if not cfg.is_file():
         return [("model.cfg", f"{m['cfg']!r}: no such file")]
     w = m["weights"]
     weights = Path(w).expanduser() if w not in (MISSING, "random") and not w.startswith(BUILTIN_PREFIX) else None
-    why = check_cfg_against_weights(cfg, weights)
+    why = reader.check_cfg_against_weights(cfg, weights)
     return [("model.cfg", why)] if why else []
 
 

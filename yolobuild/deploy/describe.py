@@ -41,7 +41,13 @@ def head_spec(meta: dict, layout: str, outputs: list[dict]) -> dict:
     anchor_free = meta.get("head_kind") == "anchor_free"
     decode = meta.get("decode", "yolov5")
     columns = ["x", "y", "w", "h"] + ([] if anchor_free else ["objectness"]) + ["class scores (nc)"]
-    if layout == "raw":
+    if layout == "topk":
+        columns = ["x1", "y1", "x2", "y2", "score", "class"]
+        text = ("end-to-end in the model: one output (1, K, 6), the K best (anchor point, class) pairs, best first: "
+                "box corners x1, y1, x2, y2 in input pixels, score (the class score), class index; the rows are the "
+                "final detections (the one-to-one head gives one box per object): no NMS, keep the rows whose score "
+                "reaches conf_threshold")
+    elif layout == "raw":
         text = FORMULAS[decode]
     elif layout == "split":
         text = ("decoded in the model: outputs xy (1, N, 2) and wh (1, N, 2), box centre and size in input pixels, "

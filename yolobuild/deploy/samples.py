@@ -37,6 +37,12 @@ def random_weights_threshold(rows: list[np.ndarray], per_image: int = 3) -> floa
     return float(np.floor(min(kth) * 1e6) / 1e6)
 
 
+def topk_random_threshold(rows: list[np.ndarray], per_image: int = 3) -> float:
+    """random_weights_threshold for the top-k head's rows (x1, y1, x2, y2, score, class; best first)."""
+    kth = [r[min(per_image, len(r) - 1), 4] for r in rows if len(r)]
+    return float(np.floor(min(kth) * 1e6) / 1e6) if kth else DEPLOY_CONF
+
+
 def _source_path(name: str, root: Path) -> Path:
     path = Path(name)
     return path if path.is_absolute() else root / path
@@ -57,8 +63,7 @@ def write_samples(outputs_npz: Path, probe_npz: Path, images: Path, meta: dict, 
     from ..ops.check import built_outputs
     from ..ops.inputs import resolve_image_set
     from ..runtime.arrays import load_npz
-    from ..runtime.decode import nms_input, to_decoded
-    from ..runtime.nms import non_max_suppression
+    from ..runtime.decode import TOPK, final_detections, nms_input, to_decoded
     from ..runtime.preprocess import Letterbox
 
     _, arrays = built_outputs(outputs_npz)
@@ -66,15 +71,15 @@ def write_samples(outputs_npz: Path, probe_npz: Path, images: Path, meta: dict, 
     probe = load_npz(probe_npz)
     _, _, root = resolve_image_set(images, "dataset.eval.images")
     n = min(COUNT, len(decoded), len(probe["file_names"]))
-    rows = [nms_input(decoded[i], meta) for i in range(n)]
-    conf = random_weights_threshold(rows) if random else DEPLOY_CONF
+    rows = [decoded[i] if head == TOPK else nms_input(decoded[i], meta) for i in range(n)]
+    conf = (topk_random_threshold(rows) if head == TOPK else random_weights_threshold(rows)) if random else DEPLOY_CONF
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(n):
         src = _source_path(str(probe["file_names"][i]), root)
         name = f"{i:02d}_{src.name}"
         shutil.copyfile(src, out / name)
-        dets = non_max_suppression(rows[i], conf_thres=conf, iou_thres=DEPLOY_IOU, max_det=MAX_DET)
+        dets = final_detections(decoded[i], head, meta, conf, DEPLOY_IOU, MAX_DET)
         s, px, py = (float(v) for v in probe["letterbox"][i])
         h, w = (int(v) for v in probe["image_hw"][i])
         boxes = Letterbox(scale=s, pad_x=px, pad_y=py).to_image(dets[:, :4]) if len(dets) else dets[:, :4]

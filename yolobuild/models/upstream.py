@@ -11,8 +11,10 @@ import json
 from typing import Any
 
 from ..errors import UserError
-from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES, YOLOV8_LAYOUTS, YOLOV8_SCALES
-from .ultralytics_arch import YOLO11_LAYOUTS, YOLO11_SCALES, YOLO26_LAYOUTS, YOLO26_SCALES, resolve_scale
+from . import registry
+from .yolo11.layers import YOLO11_LAYOUTS, YOLO11_SCALES, YOLO26_LAYOUTS, YOLO26_SCALES, resolve_scale
+from .yolov5.layers import YOLOV5_LAYOUTS, YOLOV5_SCALES
+from .yolov8.layers import YOLOV8_LAYOUTS, YOLOV8_SCALES
 from .safe_pickle import Stub, module_attr, upstream_name
 
 YOLOV5_MODEL_CLASSES = {"models.yolo.Model", "models.yolo.DetectionModel", "yolov5.models.yolo.Model",
@@ -98,8 +100,8 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     multiples = None
     if cls in YOLOV5_MODEL_CLASSES:
         if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOv7 or YOLOR (paper branch), by the yaml's layers
-            from .yolor import describe_yolor
-            from .yolov7 import describe_yolov7
+            from .yolor.model import describe_yolor
+            from .yolov7.model import describe_yolov7
 
             got = describe_yolov7(container, model, where)
             if got is not None:
@@ -121,7 +123,7 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
         what = f"depth {yaml.get('depth_multiple')}, width {yaml.get('width_multiple')}" if family == "yolov5" \
             else f"scale {yaml.get('scale')!r}, depth {yaml.get('depth_multiple')}, width {yaml.get('width_multiple')}"
         raise UserError(f"{where}: a {cls} whose layers ({_layer_types(yaml) or 'no yaml'}; {what}) match no "
-                        f"{family} layout yolobuild builds ({', '.join(FAMILIES[family]['layouts'])}); "
+                        f"{family} layout yolobuild builds ({', '.join(registry.get(family).layouts)}); "
                         "for custom layers set model.source.repo=PATH")
     nc = int(yaml.get("nc") or module_attr(head, "nc") or 0) if head is not None else int(yaml.get("nc") or 0)
     meta: dict[str, Any] = {"family": family, "scale": scale, "layout": layout, "nc": nc,
@@ -132,7 +134,7 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     if family in ("yolo11", "yolo26"):
         sppf = [m for m in model.modules() if upstream_name(m).endswith(".SPPF")]
         act = getattr(getattr(sppf[0], "cv1", None), "act", None) if sppf else None
-        if act is not None:     # which SPPF the writing ultralytics version built (see models.yolo11.build)
+        if act is not None:     # which SPPF the writing ultralytics version built (see models.yolo11.model.build)
             meta["arch_options"] = {"sppf_act": not upstream_name(act).endswith("Identity")}
     if family == "yolov5" and head is not None and "anchors" in head._buffers and strides:
         a = head._buffers["anchors"].float()
@@ -170,7 +172,7 @@ def _ultralytics_kind(yaml: dict, sd: dict) -> tuple[str, str | None, str | None
 
 def scale_from_shapes(sd: dict) -> tuple[str, str, str] | None:
     """(family, layout, scale) whose layers have exactly the state_dict's conv widths and block counts."""
-    from .ultralytics_arch import layer_plan
+    from .yolo11.layers import layer_plan
 
     def blocks(i: int) -> int:
         return len({k.split(".")[3] for k in sd if k.startswith(f"model.{i}.m.") and k.split(".")[3].isdigit()})

@@ -11,13 +11,11 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models import arch
-from ..models.arch import ANCHOR_FREE, DEFAULT_ANCHORS
+from ..models import registry
+from ..models.family import ANCHOR_FREE
+from ..models.yolov5.layers import DEFAULT_ANCHORS
 from .checkpoint import CHECKPOINT_FORMAT, _fp32, load_checkpoint_file, load_into
 from .patches import _as_syncbn, apply_graph_settings
-
-FAMILIES = tuple(arch.FAMILIES)
-
 
 # --------------------------------------------------------------------------- metadata helpers
 
@@ -43,16 +41,22 @@ def anchors_px_pairs(anchors: list[list[float]] | None) -> list[list[list[float]
 
 
 def family_module(family: str):
-    """The module that builds a family (models.arch.FAMILIES[family]['module'])."""
+    """The torch module that builds a family (Family.module) and holds its hooks."""
     import importlib
 
-    if family not in arch.FAMILIES:
-        raise UserError(f"model.family: {family!r} is not supported; allowed: {', '.join(FAMILIES)}")
-    return importlib.import_module(arch.FAMILIES[family]["module"])
+    return importlib.import_module(family_of(family).module)
+
+
+def family_of(family: str):
+    """The family's declaration (models.registry), or a UserError naming the known ones."""
+    fam = registry.find(family)
+    if fam is None:
+        raise UserError(f"model.family: {family!r} is not supported; allowed: {', '.join(registry.families())}")
+    return fam
 
 
 def is_anchor_free(meta: dict) -> bool:
-    return arch.FAMILIES[meta.get("family", "yolov5")]["head"] == ANCHOR_FREE
+    return family_of(meta.get("family", "yolov5")).head == ANCHOR_FREE
 
 
 def _model_anchors_px(model: nn.Module) -> list[list[float]] | None:
@@ -64,14 +68,14 @@ def _model_anchors_px(model: nn.Module) -> list[list[float]] | None:
 
 
 def _what(meta: dict) -> str:
-    return arch.describe(meta.get("family", "yolov5"), meta.get("scale"), meta.get("layout"))
+    return family_of(meta.get("family", "yolov5")).describe(meta.get("scale"), meta.get("layout"))
 
 
 def build_from_meta(meta: dict) -> nn.Module:
     """A fresh model from checkpoint metadata (family, scale, layout, nc, anchors in pixels)."""
     family = meta.get("family", "yolov5")
     mod = family_module(family)
-    layouts = arch.FAMILIES[family]["layouts"]
+    layouts = family_of(family).layouts
     if meta.get("layout") not in layouts:
         raise UserError(f"model.layout: {meta.get('layout')!r} is not a {family} layout; allowed: {', '.join(layouts)}")
     anchors = meta.get("anchors")
@@ -123,9 +127,7 @@ def checkpoint_dict(model: nn.Module, meta: dict) -> dict:
 
 
 def _decode_info(family: str) -> dict:
-    spec = arch.FAMILIES[family]
-    return {"head_kind": spec["head"], "decode": spec["decode"],
-            **({"reg_max": spec.get("reg_max", 16)} if spec["decode"] == "dfl" else {})}
+    return family_of(family).decode_info()
 
 
 def meta_json(ckpt: dict, random: bool, source: str, parameters: int) -> dict:

@@ -10,7 +10,7 @@ from ..errors import CheckFailed, ToolchainError, UserError
 from . import OpContext
 from .inputs import load_npz, read_coco
 
-FIELDS = ("boxes", "objectness", "class_scores")
+FIELDS = ("boxes", "objectness", "class_scores", "scores")   # scores: the top-k layout's rows
 # Class scores are trained only where there is an object: on background anchors they are noise
 # that no decision reads. They are compared where PyTorch's objectness reaches this value
 # (all anchors when none does, as with random weights).
@@ -29,23 +29,26 @@ def built_outputs(path) -> tuple[list[str], list[np.ndarray]]:
     return names, [z[n] for n in names]
 
 
-def decode_built(path, head: str, meta: dict) -> np.ndarray:
-    from ..runtime.decode import to_decoded
+def decode_built(path, head: str, meta: dict, ref: np.ndarray | None = None) -> np.ndarray | tuple:
+    """The built model's outputs decoded; with `ref` (PyTorch's decoded rows), (built, reference) brought to one
+    shape (runtime.decode.comparable: the top-k layout compares detections)."""
+    from ..runtime.decode import comparable, to_decoded
 
     _, arrays = built_outputs(path)
     try:
-        return to_decoded(arrays, head, meta)
+        return to_decoded(arrays, head, meta) if ref is None else comparable(arrays, head, ref, meta)
     except (ValueError, IndexError) as exc:
         raise ToolchainError(f"check: the built model's outputs do not decode as a {head} head: {exc}") from None
 
 
-def field_stats(got: np.ndarray, ref: np.ndarray, meta: dict | None = None) -> dict[str, dict[str, float]]:
+def field_stats(got: np.ndarray, ref: np.ndarray, meta: dict | None = None,
+                layout: str = "decoded") -> dict[str, dict[str, float]]:
     from ..runtime.decode import fields
 
     out = {}
-    fg, fr = fields(got, meta), fields(ref, meta)
+    fg, fr = fields(got, meta, layout), fields(ref, meta, layout)
     # anchor-free heads have no objectness: their foreground is where a class score reaches the bar
-    score = fr["objectness"] if "objectness" in fr else fr["class_scores"].max(-1)
+    score = fr["objectness"] if "objectness" in fr else fr["scores"] if "scores" in fr else fr["class_scores"].max(-1)
     foreground = score >= FOREGROUND_OBJECTNESS
     for name in (f for f in FIELDS if f in fr):
         x, y = np.asarray(fg[name], dtype=np.float64), np.asarray(fr[name], dtype=np.float64)
@@ -79,15 +82,14 @@ def _meta(path) -> dict:
 def check_parity(ctx: OpContext) -> None:
     p = ctx.params
     meta = _meta(ctx.inputs["meta"])
-    ref = load_npz(ctx.inputs["reference"])["decoded"]
-    got = decode_built(ctx.inputs["outputs"], p["head"], meta)
+    got, ref = decode_built(ctx.inputs["outputs"], p["head"], meta, load_npz(ctx.inputs["reference"])["decoded"])
     n = min(int(p["count"]), len(ref), len(got))
     if got.shape[1:] != ref.shape[1:]:
         raise ToolchainError(f"check_parity: the built model decodes to {list(got.shape[1:])} per image, "
                              f"PyTorch to {list(ref.shape[1:])}")
     if n < 1:
         raise ToolchainError("check_parity: no probe images to compare")
-    stats = field_stats(got[:n], ref[:n], meta)
+    stats = field_stats(got[:n], ref[:n], meta, p["head"])
     threshold = float(p["thresholds"]["cosine"])
     ctx.outputs["parity.json"].write_text(json.dumps(stats, indent=2) + "\n")
     ctx.results["parity"] = stats
@@ -108,14 +110,14 @@ def _category_map(names: list[str], coco: dict) -> tuple[list[int], str]:
 
 
 def _detections(decoded: np.ndarray, probe: dict, cat_ids: list[int], conf: float, iou: float,
-                sizes: dict[int, tuple[float, float]]) -> list[dict]:
+                sizes: dict[int, tuple[float, float]], layout: str = "decoded", meta: dict | None = None) -> list[dict]:
+    from ..runtime.decode import final_detections
     from ..runtime.metrics import detections_from_nms
-    from ..runtime.nms import non_max_suppression
     from ..runtime.preprocess import Letterbox
 
     dets = []
     for i in range(len(decoded)):
-        rows = non_max_suppression(decoded[i], conf_thres=conf, iou_thres=iou)
+        rows = final_detections(decoded[i], layout, meta, conf, iou)
         rows = rows[rows[:, 5] < len(cat_ids)] if len(rows) else rows
         if not len(rows):
             continue
@@ -139,8 +141,7 @@ def evaluate(ctx: OpContext) -> None:
     p = ctx.params
     meta = _meta(ctx.inputs["meta"])
     probe = load_npz(ctx.inputs["probe"])
-    ref = load_npz(ctx.inputs["reference"])["decoded"]
-    got = decode_built(ctx.inputs["outputs"], p["head"], meta)
+    got, ref = decode_built(ctx.inputs["outputs"], p["head"], meta, load_npz(ctx.inputs["reference"])["decoded"])
     n = len(probe["images"])
     if len(ref) != n or len(got) != n:
         raise ToolchainError(f"evaluate: {n} probe images but {len(ref)} reference and {len(got)} built outputs")
@@ -163,10 +164,8 @@ def evaluate(ctx: OpContext) -> None:
     sizes = {int(im["id"]): (float(im["height"]), float(im["width"]))
              for im in images if "height" in im and "width" in im}
     conf, iou = float(p["conf_thres"]), float(p["iou_thres"])
-    from ..runtime.decode import nms_input
-
-    m_ref = coco_map(_detections(nms_input(ref, meta), probe, cat_ids, conf, iou, sizes), ann_file)
-    m_got = coco_map(_detections(nms_input(got, meta), probe, cat_ids, conf, iou, sizes), ann_file)
+    m_ref = coco_map(_detections(ref, probe, cat_ids, conf, iou, sizes, p["head"], meta), ann_file)
+    m_got = coco_map(_detections(got, probe, cat_ids, conf, iou, sizes, p["head"], meta), ann_file)
     metrics = {
         "pytorch_fp32": {k: round(float(v), 6) for k, v in m_ref.items()},
         "built": {k: round(float(v), 6) for k, v in m_got.items()},

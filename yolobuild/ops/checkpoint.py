@@ -18,9 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..runtime.sniff import not_a_checkpoint
-from ..models import arch
-from ..models.arch import YOLOV5_SCALES
-from ..models.yolov5 import make_divisible
+from ..models import registry
 
 CHECKPOINT_FORMAT = "yolobuild-checkpoint/1"
 # keys a real upstream state_dict may carry that this model derives itself
@@ -149,65 +147,47 @@ def _fp32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous() for k, v in sd.items()}
 
 
-def _file_nc(sd: dict[str, torch.Tensor]) -> int | None:
-    """The class count a yolov5 / yolov8 style state_dict's head was trained for, when it can be read."""
-    v8 = sorted(k for k in sd if re.fullmatch(r"model\.\d+\.cv3\.0\.2\.weight", k))
-    if v8:
-        return int(sd[v8[-1]].shape[0])
-    m = re.search(r"nc=(\d+)", _guess_arch(sd, nc_only=True))
-    return int(m.group(1)) if m else None
-
-
-def _guess_arch(sd: dict[str, torch.Tensor], nc_only: bool = False) -> str:
-    """A hint at what a mismatching state_dict is ('yolov5s (layout v6), nc=80'), or ''."""
-    parts = []
-    if "bbox_head.head_module.convs_pred.0.weight" in sd:    # mmyolo (mmengine) key layout
-        from ..models.mmyolo import guess_arch as _mmyolo_guess
-
-        return _mmyolo_guess(sd)
-    if not nc_only and any(k.startswith("model.") and ".cv3." in k for k in sd):   # ultralytics detect layouts
-        from ..models.upstream import scale_from_shapes
-
-        found = scale_from_shapes(sd)
-        if found and found[0] != "yolov8":     # yolov8 keeps its own wording below
-            nc = _file_nc(sd)
-            return f"{found[0]}{found[2]} (layout {found[1]}){f', nc={nc}' if nc else ''}"
-    if not nc_only and any(k.endswith(".dfl.conv.weight") for k in sd):
-        stem = sd.get("model.0.conv.weight")
-        scale = next((s for s, (_, w, mc) in arch.YOLOV8_SCALES.items()
-                      if stem is not None and make_divisible(min(64, mc) * w, 8) == stem.shape[0]), "")
-        nc = _file_nc(sd)
-        return f"yolov8{scale} (anchor-free){f', nc={nc}' if nc else ''}"
+def _family_hooks(name: str):
+    """Each family's hook `name` (models.family), in the registry's order; a family that cannot load gives none."""
     from .building import family_module
 
-    for family in ([] if nc_only else arch.FAMILIES):   # families that recognise their own key layout
+    for family in registry.families():
         try:
-            guess = getattr(family_module(family), "guess_state_dict", None)
-        except ImportError:                             # a hint only: a family that cannot load gives none
-            guess = None
-        name = guess(sd) if guess is not None else None
-        if name:
-            parts.append(name)
-            break
-    stem = sd.get("model.0.conv.weight")
-    layout = "v6"
-    if stem is None and "model.0.conv.conv.weight" in sd:
-        stem, layout = sd["model.0.conv.conv.weight"], "v5"
-    if stem is not None and stem.ndim == 4:
-        for scale, (_, w) in YOLOV5_SCALES.items():
-            if make_divisible(64 * w, 8) == stem.shape[0]:
-                parts.append(f"yolov5{scale} (layout {layout})")
-                break
+            hook = getattr(family_module(family), name, None)
+        except ImportError:
+            hook = None
+        if hook is not None:
+            yield hook
+
+
+def _anchor_head_nc(sd: dict[str, torch.Tensor]) -> int | None:
+    """The class count of an anchor-based head whose per-level convs are `m.{i}` (YOLOv5's Detect and the
+    heads written like it: YOLOR / YOLOv7 IDetect, Darknet's detect), from the first level's outputs."""
     heads = sorted(k for k in sd if re.fullmatch(r"(model\.\d+|detect)\.m\.0\.weight", k) and sd[k].ndim == 4
                    and sd[k].shape[2:] == (1, 1))
-    if heads:
-        head = heads[-1]
-        anchors = sd.get(head.rsplit(".m.0.", 1)[0] + ".anchors")
-        na = anchors.shape[1] if anchors is not None and anchors.ndim == 3 else 3
-        c = sd[head].shape[0]
-        if c % na == 0 and c // na > 5:
-            parts.append(f"nc={c // na - 5}")
-    return ", ".join(parts)
+    if not heads:
+        return None
+    anchors = sd.get(heads[-1].rsplit(".m.0.", 1)[0] + ".anchors")
+    na = anchors.shape[1] if anchors is not None and anchors.ndim == 3 else 3
+    c = sd[heads[-1]].shape[0]
+    return c // na - 5 if c % na == 0 and c // na > 5 else None
+
+
+def _file_nc(sd: dict[str, torch.Tensor]) -> int | None:
+    """The class count a state_dict's head was trained for, when a family's hook or the anchor-based head tells."""
+    for hook in _family_hooks("state_dict_nc"):
+        nc = hook(sd)
+        if nc is not None:
+            return nc
+    return _anchor_head_nc(sd)
+
+
+def _guess_arch(sd: dict[str, torch.Tensor]) -> str:
+    """A hint at what a mismatching state_dict is ('yolov5s (layout v6), nc=80'), or '': the first family hook
+    that recognises the key layout, and the anchor-based head's class count where the hook gave none."""
+    guess = next((g for g in (hook(sd) for hook in _family_hooks("guess_state_dict")) if g), "")
+    nc = _anchor_head_nc(sd) if "nc=" not in guess else None
+    return ", ".join(part for part in (guess, f"nc={nc}" if nc is not None else "") if part)
 
 
 def _shape(t) -> str:
@@ -262,7 +242,7 @@ def read_weights(path, family: str, layout: str, trust: bool = False, source_rep
             return got
     if Path(path).suffix.lower() == ".weights":
         raise UserError(f"{where}: a Darknet .weights file is a yolov3 model but the recipe says "
-                        f"{arch.describe(family, None, layout)}; pick recipe=yolov3 or recipe=yolov3-tiny")
+                        f"{registry.get(family).describe(None, layout)}; pick recipe=yolov3 or recipe=yolov3-tiny")
     obj = load_checkpoint_file(path, full_pickle={"trust": trust, "source_repo": source_repo})
     from ..models.safe_pickle import Stub
     from ..models.upstream import describe_upstream, pick_model
@@ -287,12 +267,9 @@ def inspect_weights(path, trust: bool = False, source_repo=None) -> dict:
     """What a weight file holds (family, scale, layout, classes, strides, anchors, input size), without building."""
     from ..models.upstream import describe_upstream, pick_model
 
-    from .building import family_module
-
     where = f"model.weights: {path}"
-    for family in arch.FAMILIES:     # formats of a family's own (Darknet .weights): its inspect_foreign says
-        foreign = getattr(family_module(family), "inspect_foreign", None)
-        info = foreign(Path(path)) if foreign is not None else None
+    for foreign in _family_hooks("inspect_foreign"):     # formats of a family's own (Darknet .weights)
+        info = foreign(Path(path))
         if info is not None:
             return info
     obj = load_checkpoint_file(path, full_pickle={"trust": trust, "source_repo": source_repo})
@@ -308,6 +285,7 @@ def inspect_weights(path, trust: bool = False, source_repo=None) -> dict:
             meta = {"guess": guess or "unknown", "nc": _file_nc(_strip_prefix(sd))}
     info = {"file": str(path), "source": source, **meta,
             "tensors": len(sd), "parameters": int(sum(v.numel() for v in sd.values() if v.is_floating_point()))}
-    if info.get("family") in arch.FAMILIES:
-        info["head_kind"] = arch.FAMILIES[info["family"]]["head"]
+    fam = registry.find(info["family"]) if isinstance(info.get("family"), str) else None
+    if fam is not None:
+        info["head_kind"] = fam.head
     return info

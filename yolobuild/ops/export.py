@@ -15,14 +15,17 @@ INPUT_NAME = "images"
 
 
 def output_names(head: str, strides=(8, 16, 32)) -> list[str]:
-    """ONNX output names of a head layout: raw -> out8/out16/out32, split -> xy/wh/conf, decoded -> output."""
+    """ONNX output names of a head layout: raw -> out8/out16/out32, split -> xy/wh/conf, decoded -> output,
+    topk -> detections."""
     if head == "raw":
         return [f"out{int(s)}" for s in strides]
     if head == "split":
         return ["xy", "wh", "conf"]
     if head == "decoded":
         return ["output"]
-    raise UserError(f"graph.head: {head!r} is not allowed; allowed: raw, split, decoded")
+    if head == "topk":
+        return ["detections"]
+    raise UserError(f"graph.head: {head!r} is not allowed; allowed: raw, split, decoded, topk")
 
 
 def _value_shape(v) -> list:

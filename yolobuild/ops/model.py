@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from ..errors import CheckFailed, UserError
-from ..models import arch
-from ..models.arch import ANCHOR_FREE
+from ..models.family import ANCHOR_FREE
 from . import OpContext
 from .building import (_model_anchors_px, _set_anchors_px, _what, build_from_meta, checkpoint_dict, example_input,
-                       family_module, host_meta, load_checkpoint, meta_json, normalize_anchors)
+                       family_module, family_of, host_meta, load_checkpoint, meta_json, normalize_anchors)
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file, load_into, read_weights
 from .patches import HEADS, apply_graph_settings, check_patch_names
 
@@ -61,10 +60,10 @@ def load_model(ctx: OpContext) -> None:
     p = ctx.params
     family = p["family"]
     family_module(family)
-    layouts = arch.FAMILIES[family]["layouts"]
+    layouts = family_of(family).layouts
     if p["layout"] not in layouts:
         raise UserError(f"model.layout: {p['layout']!r} is not a {family} layout; allowed: {', '.join(layouts)}")
-    free = arch.FAMILIES[family]["head"] == ANCHOR_FREE
+    free = family_of(family).head == ANCHOR_FREE
     meta = {"family": family, "scale": p["scale"], "layout": p["layout"], "nc": int(p["nc"]),
             "names": p.get("names"), "input_size": None,
             "anchors": None if free else normalize_anchors(p.get("anchors"), layouts[p["layout"]]["anchors"])}
@@ -142,11 +141,13 @@ def _outputs_numpy(out) -> list[np.ndarray]:
     return [t.detach().numpy() for t in out]
 
 
-def compare_fields(a: np.ndarray, b: np.ndarray, meta: dict | None = None) -> dict[str, dict[str, float]]:
-    """Per field (boxes, objectness, class_scores) cosine and max_abs of two decoded arrays."""
+def compare_fields(a: np.ndarray, b: np.ndarray, meta: dict | None = None,
+                   layout: str = "decoded") -> dict[str, dict[str, float]]:
+    """Per field (boxes, objectness, class_scores; the top-k layout's boxes and scores) cosine and max_abs of
+    two decoded arrays."""
     from .check import field_stats
 
-    return field_stats(a, b, meta)
+    return field_stats(a, b, meta, layout)
 
 
 def patch(ctx: OpContext) -> None:
@@ -160,6 +161,9 @@ def patch(ctx: OpContext) -> None:
     src = load_checkpoint_file(ctx.inputs["model"], key="model")
     if not (isinstance(src, dict) and src.get("format") == CHECKPOINT_FORMAT):
         raise UserError(f"model: {ctx.inputs['model']}: not a {CHECKPOINT_FORMAT} file")
+    fam = family_of(src.get("family", "yolov5"))
+    if head not in fam.heads:
+        raise UserError(f"graph.head: {head!r} is not a {fam.name} head layout; allowed: {', '.join(fam.heads)}")
     if src.get("syncbn") and "syncbn_to_bn" not in patches:   # the file held SyncBatchNorm (load_model)
         patches.insert(0, "syncbn_to_bn")
     patched = dict(src)
@@ -182,7 +186,7 @@ def check_patch(ctx: OpContext) -> None:
 
 def _verify_patched(ctx: OpContext, patched: dict) -> None:
     """The patched model decodes to what the original computes (patch_check.json), else CheckFailed."""
-    from ..runtime.decode import to_decoded
+    from ..runtime.decode import comparable
 
     head, patches, fused = patched["head"], list(patched.get("patches") or []), bool(patched.get("fuse"))
     x = example_input(patched)
@@ -190,11 +194,10 @@ def _verify_patched(ctx: OpContext, patched: dict) -> None:
     model = copy.deepcopy(reference)          # same as load_patched(out), without building twice
     model.patch_figures = apply_graph_settings(model, head, patches, fused, x, verify=True)
     with torch.no_grad():
-        ref = reference(x).numpy()
-        got = to_decoded(_outputs_numpy(model(x)), head, host_meta(patched))
+        got, ref = comparable(_outputs_numpy(model(x)), head, reference(x).numpy(), host_meta(patched))
     if got.shape != ref.shape:
         raise CheckFailed(f"patch: patched model decodes to {got.shape}, the original to {ref.shape}")
-    figures = compare_fields(got, ref, host_meta(patched))
+    figures = compare_fields(got, ref, host_meta(patched), head)
     report = {"head": head, "fuse": fused, "patches": patches,
               "input": list(x.shape), "fields": figures,
               "applied": {k: v for k, v in model.patch_figures.items()}}

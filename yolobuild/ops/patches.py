@@ -1,5 +1,5 @@
 """Graph patches on the PyTorch module (conv+BN fuse, SiLU as x*sigmoid(x), Focus as a conv, ...)
-and their verifications, each named in models.arch.PATCHES; `apply_graph_settings` applies a set."""
+and their verifications, each named in the patch table (models.registry.patches()); `apply_graph_settings` applies a set."""
 from __future__ import annotations
 
 import copy
@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckFailed, UserError
-from ..models import arch
-from ..models.yolov5 import DetectionModel
+from ..models import registry
+from ..models.family import COMMON_HEADS
 
-HEADS = ("raw", "split", "decoded")
+# every graph.head layout some family's head gives (which family gives which: Family.heads)
+HEADS = tuple(dict.fromkeys(COMMON_HEADS + tuple(h for f in registry.families().values() for h in f.heads)))
 
 
 # --------------------------------------------------------------------------- fuse and patches
@@ -223,7 +224,7 @@ def _focus_to_strided(focus: nn.Module) -> nn.Module:
 
 
 def focus_as_conv(model: nn.Module, example: torch.Tensor | None = None) -> dict:
-    from ..models.yolov5 import Focus
+    from ..models.yolov5.model import Focus
 
     n = _replace_children(model, lambda m: isinstance(m, Focus), _focus_to_strided)
     if n == 0:
@@ -269,11 +270,11 @@ def _as_syncbn(model: nn.Module, which) -> int:
 
 
 def patch_function(name: str) -> Callable[[nn.Module, torch.Tensor | None], dict]:
-    """The function behind a named patch (models.arch.PATCHES)."""
+    """The function behind a named patch (models.registry.patches())."""
     import importlib
 
     check_patch_names([name])
-    module, func = arch.PATCHES[name]["function"].split(":")
+    module, func = registry.patch(name)["function"].split(":")
     return getattr(importlib.import_module(module), func)
 
 
@@ -281,12 +282,13 @@ def check_patch_names(patches) -> None:
     from ..errors import nearest
 
     for name in patches or ():
-        if name not in arch.PATCHES:
-            raise UserError(f"graph.patches: {name!r} is not a known patch{nearest(name, arch.PATCHES)}; "
-                            f"allowed: {', '.join(arch.PATCHES)}")
+        if registry.patch(name) is None:
+            known = registry.patches()
+            raise UserError(f"graph.patches: {name!r} is not a known patch{nearest(name, known)}; "
+                            f"allowed: {', '.join(known)}")
 
 
-def apply_graph_settings(model: DetectionModel, head: str, patches=(), do_fuse: bool = False,
+def apply_graph_settings(model: nn.Module, head: str, patches=(), do_fuse: bool = False,
                          example: torch.Tensor | None = None, verify: bool = False) -> dict:
     """Fuse, patch and set the head layout in place; verification patches run when `verify`."""
     if head not in HEADS:
@@ -302,7 +304,7 @@ def apply_graph_settings(model: DetectionModel, head: str, patches=(), do_fuse: 
         figures["fused"] = fuse(model)
     model.detect.layout = head
     for name in patches:
-        if arch.PATCHES[name]["verify_only"] and not verify:
+        if registry.patch(name)["verify_only"] and not verify:
             continue
         figures[name] = patch_function(name)(model, example)
     return figures

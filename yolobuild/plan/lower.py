@@ -6,8 +6,7 @@ from typing import Any, Mapping
 
 from ..compose import MISSING
 from ..deploy.describe import HOST_RUNNABLE
-from ..models.arch import family_patches
-from ..models.darknet_cfg import user_cfg
+from ..models import registry as families
 from ..ops import OP_KINDS, code_paths
 from ..toolchains import registry
 from ..validate import ASSETS_DIR, BUILTIN_PREFIX, thaw
@@ -53,7 +52,7 @@ class _Builder:
 
 def effective_patches(cfg: Mapping) -> list[str]:
     """What the model's family always needs for a correct export, then the recipe's / target's choice."""
-    required = family_patches(cfg["model"]["family"], cfg["model"].get("layout"))
+    required = families.get(cfg["model"]["family"]).required_patches(cfg["model"].get("layout"))
     return list(dict.fromkeys(required + list(cfg["graph"]["patches"])))
 
 
@@ -100,7 +99,8 @@ def lower(config: Mapping) -> Plan:
     w = weights_ref(model["weights"])
     patches = effective_patches(cfg)
     model_inputs = {"weights": w} if w else {}
-    cfg_file, cfg_note = user_cfg(model.get("cfg"), model["weights"]) if model["family"] == "yolov3" else (None, None)
+    cfg_reader = families.cfg_reader(model["family"])      # a family built from the user's model.cfg (Darknet)
+    cfg_file, cfg_note = cfg_reader.user_cfg(model.get("cfg"), model["weights"]) if cfg_reader else (None, None)
     if cfg_file is not None:        # a Darknet model built from the user's cfg: the cfg keys load_model too
         model_inputs["cfg"] = Ref(path=str(cfg_file.resolve()))
     if cfg_note:

@@ -9,6 +9,11 @@ hides collapsed scores.
   class scores (upstream's output transposed); there is no objectness, so fields are boxes and
   class_scores only. `nms_input` inserts an objectness of 1 so the shared NMS (score = obj * cls)
   ranks by class score alone.
+* the end-to-end top-k layout (YOLO26 `graph.head=topk`): (bs, K, 6) rows x1, y1, x2, y2, score,
+  class, already the final detections (no NMS). PyTorch's decoded reference is brought to the same
+  rows by `topk_rows` (numpy, written from upstream's description: the K best anchor points by their
+  best class, then the K best (point, class) pairs among them) and compared row by row after
+  `match_topk`; fields boxes and scores.
 """
 from __future__ import annotations
 
@@ -96,13 +101,88 @@ def to_decoded(outputs: list[np.ndarray], layout: str, meta: dict) -> np.ndarray
         return decode_raw(outputs, meta["anchors_px"], meta["strides"], meta["nc"])
     if layout == "split":
         return np.concatenate(outputs, -1)
-    if layout == "decoded":
+    if layout in ("decoded", TOPK):
         return outputs[0]
     raise ValueError(f"unknown head layout {layout!r}")
 
 
-def fields(decoded: np.ndarray, meta: dict | None = None) -> dict[str, np.ndarray]:
-    """Split a decoded array into the fields parity is judged on (no objectness for anchor-free heads)."""
+TOPK = "topk"
+
+
+def topk_rows(decoded: np.ndarray, k: int) -> np.ndarray:
+    """Anchor-free decoded (bs, N, 4+nc) xywh + class scores -> (bs, k, 6) x1, y1, x2, y2, score, class: the k
+    anchor points with the highest best-class score, then the k highest (point, class) scores among them, best
+    first (ties: the lower index first, as a stable sort gives)."""
+    bs, n, c = decoded.shape
+    k = min(k, n)
+    out = np.zeros((bs, k, 6), dtype=np.float32)
+    for b in range(bs):
+        rows = decoded[b].astype(np.float64)
+        scores = rows[:, 4:]
+        points = np.argsort(-scores.max(1), kind="stable")[:k]
+        cand = scores[points]                                   # (k, nc)
+        flat = np.argsort(-cand.ravel(), kind="stable")[:k]
+        pt, cls = points[flat // cand.shape[1]], flat % cand.shape[1]
+        xy, wh = rows[pt, :2], rows[pt, 2:4]
+        out[b] = np.concatenate((xy - wh / 2, xy + wh / 2, cand.ravel()[flat, None], cls[:, None]), 1)
+    return out
+
+
+def match_topk(got: np.ndarray, decoded: np.ndarray, rel: float = 1e-3) -> np.ndarray:
+    """The reference rows to compare `got`'s top-k rows (bs, k, 6) with, from PyTorch's decoded rows (bs, N, 4+nc).
+
+    Scores: the reference's own top-k scores, place by place (both lists are sorted, so equal scores that two
+    runtimes rank in another order do not matter). Boxes and classes: for each built row, the reference's
+    (anchor point, class) pair of that class whose score is within `rel` of the best score and whose box is
+    nearest: near-equal scores (random weights score every point alike) may pick other pairs of equal
+    score, which are as right. A built row without such a pair is compared with the reference row in its place,
+    so a wrong class or box shows in the boxes field."""
+    ref = topk_rows(decoded, got.shape[1])
+    out = ref.copy()
+    for b in range(len(got)):
+        rows = decoded[b].astype(np.float64)
+        xyxy = np.concatenate((rows[:, :2] - rows[:, 2:4] / 2, rows[:, :2] + rows[:, 2:4] / 2), 1)
+        scores = rows[:, 4:].copy()
+        tol = rel * max(float(scores.max(initial=0.0)), 1e-12)
+        for i, (x1, y1, x2, y2, score, c) in enumerate(got[b].astype(np.float64)):
+            c = int(c)
+            if not 0 <= c < scores.shape[1]:
+                continue
+            cand = np.flatnonzero(np.abs(scores[:, c] - score) <= tol)
+            if not len(cand):
+                continue
+            j = cand[np.argmin(np.abs(xyxy[cand] - (x1, y1, x2, y2)).sum(1))]
+            out[b, i, :4], out[b, i, 5] = xyxy[j], c
+            scores[j, c] = np.inf                   # each pair stands beside one built row
+    return out
+
+
+def comparable(got_outputs: list[np.ndarray], layout: str, ref_decoded: np.ndarray,
+               meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(built, reference) in one shape for the per-field comparison: decoded rows, or for the top-k layout the
+    built rows and the reference rows they are (match_topk)."""
+    got = to_decoded(got_outputs, layout, meta)
+    if layout != TOPK:
+        return got, ref_decoded
+    return got, match_topk(got, ref_decoded)
+
+
+def final_detections(rows: np.ndarray, layout: str, meta: dict | None, conf: float, iou: float,
+                     max_det: int = 300) -> np.ndarray:
+    """One image's decoded (or top-k) rows -> (K, 6) x1, y1, x2, y2, score, class: NMS over decoded rows; the
+    top-k layout's rows are final already (score above `conf`, best first)."""
+    if layout == TOPK:
+        return rows[rows[:, 4] > conf][:max_det].astype(np.float32)
+    from .nms import non_max_suppression
+
+    return non_max_suppression(nms_input(rows, meta), conf_thres=conf, iou_thres=iou, max_det=max_det)
+
+
+def fields(decoded: np.ndarray, meta: dict | None = None, layout: str = "decoded") -> dict[str, np.ndarray]:
+    """Split a decoded array into the fields parity is judged on (no objectness for anchor-free heads; the
+    top-k layout's rows: corner boxes and scores)."""
+    if layout == TOPK:
+        return {"boxes": decoded[..., 0:4], "scores": decoded[..., 4]}
     if is_anchor_free(meta):
         return {"boxes": decoded[..., 0:4], "class_scores": decoded[..., 4:]}
     return {"boxes": decoded[..., 0:4], "objectness": decoded[..., 4], "class_scores": decoded[..., 5:]}

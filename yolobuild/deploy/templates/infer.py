@@ -263,6 +263,16 @@ def nms(rows: np.ndarray, conf: float, iou: float, max_det: int, class_offset: f
     return np.concatenate((boxes[keep], score[keep, None], cls[keep, None].astype(np.float32)), 1)
 
 
+def detections(outputs: list[np.ndarray], spec: dict, conf: float, iou: float) -> np.ndarray:
+    """The model's outputs for one image -> (K, 6) x1, y1, x2, y2 (input pixels), score, class. The top-k head's
+    rows are final already (best first): only the score threshold applies; every other layout decodes, then NMS."""
+    max_det = int(spec["postprocess"]["max_det"])
+    if spec["head"]["layout"] == "topk":
+        rows = np.asarray(outputs[0])[0].astype(np.float32)
+        return rows[rows[:, 4] > conf][:max_det]
+    return nms(decode(outputs, spec), conf, iou, max_det)
+
+
 # ----------------------------------------------------------------------------- one image
 
 def detect(run, spec: dict, path: Path, conf: float, iou: float) -> dict:
@@ -270,7 +280,7 @@ def detect(run, spec: dict, path: Path, conf: float, iou: float) -> dict:
     rgb = load_rgb(path)
     canvas, (scale, pad_x, pad_y) = letterbox(rgb, inp["height"], inp["width"], int(pre["pad_value"]))
     outputs = run(network_input(canvas, pre))
-    dets = nms(decode(list(outputs), spec), conf, iou, int(spec["postprocess"]["max_det"]))
+    dets = detections(list(outputs), spec, conf, iou)
     h0, w0 = rgb.shape[:2]
     found = []
     for x1, y1, x2, y2, score, c in dets.tolist():

@@ -28,11 +28,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckFailed, UserError
-from ..runtime.quiet import TORCH_EXPORT_LOCK
-from .graph import SequentialDetector, place, repeated
-from .yolov5 import Bottleneck, Concat, Conv, Detect  # upstream YOLOR's common.py has the same blocks
-from .yolor_arch import FAMILIES, YOLOR_BACKBONE_ROWS, YOLOR_LAYOUTS
+from ...errors import CheckFailed, UserError
+from ...runtime.quiet import TORCH_EXPORT_LOCK
+from ..graph import SequentialDetector, place, repeated
+from ..yolov5.model import Bottleneck, Concat, Conv, Detect  # upstream YOLOR's common.py has the same blocks
+from . import FAMILIES
+from .layers import YOLOR_BACKBONE_ROWS, YOLOR_LAYOUTS
 
 FAMILY = "yolor"
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03   # upstream's initialize_weights sets these on every BatchNorm2d
@@ -175,14 +176,14 @@ _CSP = (BottleneckCSPF, BottleneckCSP2, SPPCSP)
 
 
 class Model(SequentialDetector):
-    """The sequential YOLOR graph built from an upstream layer table (models.yolor_arch)."""
+    """The sequential YOLOR graph built from an upstream layer table (models.yolor.layers)."""
 
     def __init__(self, layout: str = "p6", nc: int = 80, anchors: Sequence[Sequence[float]] | None = None,
                  ch: int = 3):
         super().__init__()
         if layout not in YOLOR_LAYOUTS:
             raise ValueError(f"unknown YOLOR layout {layout!r}; choose one of {sorted(YOLOR_LAYOUTS)}")
-        spec = FAMILIES[FAMILY]["layouts"][layout]
+        spec = FAMILIES[0].layouts[layout]
         anchors = [list(map(float, a)) for a in (anchors or spec["anchors"])]
         table = YOLOR_LAYOUTS[layout]
         self.yaml = {"nc": nc, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": anchors,
@@ -229,7 +230,7 @@ class Model(SequentialDetector):
 
 
 def build(scale=None, layout: str = "p6", nc: int = 80, anchors=None) -> Model:
-    """The family-table entry point (yolobuild.models.arch.FAMILIES['yolor']['module'])."""
+    """The family-table entry point (Family.module in models.yolor)."""
     if scale not in (None, "", "null"):
         raise ValueError(f"yolor has no scales (got {scale!r}); the layout (p6, w6) picks the model")
     return Model(layout=layout, nc=nc, anchors=anchors)
@@ -363,7 +364,7 @@ def _head_onnx_ops(head: IDetect, feats: list[torch.Tensor]) -> dict:
 # --------------------------------------------------------------------------- checkpoints
 
 def _norm_rows(rows) -> list:
-    from .upstream import _norm_table
+    from ..upstream import _norm_table
     import json
 
     return json.loads(_norm_table(rows))
@@ -380,8 +381,8 @@ def describe_yolor(container: Any, model: nn.Module, where: str) -> tuple[dict, 
     nc, names, strides and anchors in pixels, and `syncbn`: "all" or the module names that were
     SyncBatchNorm in the file (the unpickler reads them as BatchNorm2d; a SyncBatchNorm keeps its
     `process_group` attribute, which tells them apart)."""
-    from .safe_pickle import module_attr, upstream_name
-    from .upstream import _layer_types, _names
+    from ..safe_pickle import module_attr, upstream_name
+    from ..upstream import _layer_types, _names
 
     cls = upstream_name(model)
     found = [m for m in model.modules() if upstream_name(m).rsplit(".", 1)[-1] in ("IDetect", "IAuxDetect")]
@@ -456,7 +457,7 @@ def guess_state_dict(sd: dict) -> str | None:
 
 def _other_family(sd: dict) -> dict:
     """What a state_dict that is not YOLOR's is, in family-table terms (so the loader names both), or {}."""
-    from .upstream import guess_ultralytics_family
+    from ..upstream import guess_ultralytics_family
 
     if any(k.startswith("bbox_head.head_module.") for k in sd):
         return {"family": "mmyolo-yolov5", "scale": None, "layout": "v61"}

@@ -7,14 +7,16 @@ checkpoints load into these classes unchanged.
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from .graph import SequentialDetector, decode_anchor_based, place, repeated
+from ..graph import SequentialDetector, decode_anchor_based, place, repeated
 
-from .arch import FAMILIES, YOLOV5_LAYOUTS, YOLOV5_SCALES
+from . import FAMILIES
+from .layers import YOLOV5_LAYOUTS, YOLOV5_SCALES
 
 
 def autopad(k: int, p: int | None = None) -> int:
@@ -180,7 +182,7 @@ class DetectionModel(SequentialDetector):
             raise ValueError(f"unknown YOLOv5 layout {layout!r}; choose one of {sorted(YOLOV5_LAYOUTS)}")
         self.yaml = {"scale": scale, "nc": nc, "layout": layout,
                      "anchors": [list(map(float, a)) for a in
-                                 (anchors or FAMILIES["yolov5"]["layouts"][layout]["anchors"])]}
+                                 (anchors or FAMILIES[0].layouts[layout]["anchors"])]}
         self.model, self.save = self._build(YOLOV5_LAYOUTS[layout], *YOLOV5_SCALES[scale], nc,
                                             self.yaml["anchors"], ch)
         self.names = [str(i) for i in range(nc)]
@@ -226,5 +228,25 @@ def build_yolov5(scale: str = "n", nc: int = 80, anchors=None, layout: str = "v6
 
 
 def build(scale: str = "n", layout: str = "v6", nc: int = 80, anchors=None) -> DetectionModel:
-    """The family-table entry point (yolobuild.models.arch.FAMILIES['yolov5']['module'])."""
+    """The family-table entry point (Family.module in models.yolov5)."""
     return DetectionModel(scale=scale, nc=nc, anchors=anchors, layout=layout)
+
+
+# --------------------------------------------------------------------------- checkpoint recognition hooks
+
+# the anchor-free ultralytics heads (YOLOv8 / YOLO11 / YOLO26: cv2 box branches per level, DFL, one-to-one
+# branches) share the stem's key with YOLOv5; their family's hook names those
+_ANCHOR_FREE_HEAD = re.compile(r"model\.\d+\.(cv2\.0\.0\.|dfl\.|one2one_cv)")
+
+
+def guess_state_dict(sd: dict) -> str | None:
+    """'yolov5s (layout v6)' from the stem conv's width (ops.checkpoint asks, for a state_dict that did not fit)."""
+    if any(_ANCHOR_FREE_HEAD.match(k) for k in sd):
+        return None
+    stem, layout = sd.get("model.0.conv.weight"), "v6"
+    if stem is None and "model.0.conv.conv.weight" in sd:
+        stem, layout = sd["model.0.conv.conv.weight"], "v5"
+    if stem is None or stem.ndim != 4:
+        return None
+    scale = next((s for s, (_, w) in YOLOV5_SCALES.items() if make_divisible(64 * w) == stem.shape[0]), None)
+    return f"yolov5{scale} (layout {layout})" if scale else None

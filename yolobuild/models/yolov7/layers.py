@@ -1,4 +1,4 @@
-"""YOLOv7 and YOLOv7-tiny (WongKinYiu/yolov7): the family-table row and layer tables, torch-free.
+"""YOLOv7 and YOLOv7-tiny (WongKinYiu/yolov7): the layer tables and anchors, torch-free.
 
 YOLOv7: SiLU convolutions in ELAN blocks, MP + stride-2 conv downsampling, SPPCSPC, and RepConv
 (3x3 + 1x1 (+ identity) branches, each with BN) before IDetect; the `fuse_repconv` patch folds each
@@ -89,24 +89,3 @@ def full_table() -> list:
 
 YOLOV7_LAYOUTS = {"yolov7-tiny": tiny_table(), "yolov7": full_table()}
 YOLOV7_BACKBONE_ROWS = {"yolov7-tiny": 29, "yolov7": 51}
-
-FAMILIES: dict = {
-    "yolov7": {
-        "module": "yolobuild.models.yolov7",
-        # IDetect decodes like YOLOv5's Detect once ImplicitA / ImplicitM are applied: host decode "yolov5"
-        "head": "anchor_based", "decode": "yolov5",
-        "scales": (None,),
-        "layouts": {"yolov7-tiny": {"strides": [8, 16, 32], "anchors": YOLOV7_TINY_ANCHORS,
-                                    "what": "YOLOv7-tiny (ELAN, LeakyReLU, IDetect)"},
-                    "yolov7": {"strides": [8, 16, 32], "anchors": YOLOV7_ANCHORS, "patches": ("fuse_repconv",),
-                               "what": "YOLOv7 (ELAN, SPPCSPC, RepConv, IDetect)"}},
-        "recipe_prefix": "yolov7",
-    },
-}
-PATCHES: dict = {
-    "fuse_repconv": {
-        "function": "yolobuild.models.yolov7:fuse_repconv", "verify_only": False,
-        "what": "YOLOv7 RepConv: fold the 3x3, 1x1 and identity branches (each with its BN) into one 3x3 conv "
-                "with bias (RepVGG re-parameterisation), as upstream's deploy models are",
-    },
-}

@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .graph import decode_anchor_based
-from .mmyolo_arch import FAMILIES, MMYOLO_YOLOV5_SCALES
+from ...errors import UserError
+from ..graph import decode_anchor_based
+from . import FAMILIES
+from .layers import MMYOLO_YOLOV5_SCALES
 
 FAMILY = "mmyolo-yolov5"
 LAYOUT = "v61"
@@ -312,7 +313,7 @@ class YOLODetector(nn.Module):
             raise ValueError(f"unknown mmyolo YOLOv5 scale {scale!r}; choose one of {sorted(MMYOLO_YOLOV5_SCALES)}")
         if layout != LAYOUT:
             raise ValueError(f"unknown mmyolo YOLOv5 layout {layout!r}; choose {LAYOUT}")
-        spec = FAMILIES[FAMILY]["layouts"][layout]
+        spec = FAMILIES[0].layouts[layout]
         d, w = MMYOLO_YOLOV5_SCALES[scale]
         self.yaml = {"scale": scale, "nc": nc, "layout": layout}
         self.backbone = YOLOv5CSPDarknet(d, w)
@@ -335,7 +336,7 @@ class YOLODetector(nn.Module):
 
 
 def build(scale: str = "s", layout: str = LAYOUT, nc: int = 80, anchors=None) -> YOLODetector:
-    """The family-table entry point (models.arch.FAMILIES['mmyolo-yolov5']['module'])."""
+    """The family-table entry point (Family.module in models.mmyolo)."""
     return YOLODetector(scale=scale, nc=nc, anchors=anchors, layout=layout)
 
 
@@ -441,7 +442,7 @@ def _pixels(base_sizes) -> list[list[float]] | None:
 
 def _other_family(sd: dict) -> dict:
     """What a state_dict that is not mmyolo's is, in family-table terms (for _check_family), or {}."""
-    from .upstream import guess_ultralytics_family
+    from ..upstream import guess_ultralytics_family
 
     return guess_ultralytics_family(sd)
 
@@ -490,9 +491,9 @@ def convert_state_dict(obj: Any, sd: dict, where: str) -> tuple[dict, dict]:
             strides = [int(s) for s in strides]
         except (TypeError, ValueError):
             strides = None
-    if strides and strides != FAMILIES[FAMILY]["layouts"][LAYOUT]["strides"]:
+    if strides and strides != FAMILIES[0].layouts[LAYOUT]["strides"]:
         raise UserError(f"{where}: the checkpoint's head has strides {strides}; {FAMILY} layout {LAYOUT} has "
-                        f"{FAMILIES[FAMILY]['layouts'][LAYOUT]['strides']}")
+                        f"{FAMILIES[0].layouts[LAYOUT]['strides']}")
     if strides:
         extra["strides"] = strides
     bb = _dig(cfg, "model", "backbone") or {}
@@ -515,3 +516,14 @@ def convert_state_dict(obj: Any, sd: dict, where: str) -> tuple[dict, dict]:
                             f"classes but the head (bbox_head.head_module.convs_pred) predicts nc={nc}")
         extra["nc"], extra["names"] = len(classes), classes
     return sd, extra
+
+
+def guess_state_dict(sd: dict) -> str | None:
+    """ops.checkpoint hook: guess_arch for a state_dict in mmyolo's (mmengine's) key layout, else None."""
+    return guess_arch(sd) if HEAD_KEY in sd else None
+
+
+def state_dict_nc(sd: dict) -> int | None:
+    """ops.checkpoint hook: the class count of mmyolo's head (convs_pred), else None."""
+    nc = head_nc(sd) if HEAD_KEY in sd else None
+    return nc if nc and nc > 0 else None

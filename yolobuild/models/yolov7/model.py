@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .graph import SequentialDetector, place
-from .yolor import IDetect
-from .yolov5 import Concat, Conv
-from .yolov7_arch import FAMILIES, YOLOV7_BACKBONE_ROWS, YOLOV7_LAYOUTS
+from ...errors import UserError
+from ..graph import SequentialDetector, place
+from ..yolor.model import IDetect
+from ..yolov5.model import Concat, Conv
+from . import FAMILIES
+from .layers import YOLOV7_BACKBONE_ROWS, YOLOV7_LAYOUTS
 
 BN_EPS = 1e-3            # upstream's initialize_weights sets every BatchNorm2d to eps 1e-3
 
@@ -93,7 +94,7 @@ def _fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch
 
 def fuse_repconv(model: nn.Module, example: torch.Tensor | None = None) -> dict:
     """The named patch: every RepConv's branches folded (in float64) into one 3x3 conv with bias."""
-    from ..errors import UserError as _UserError
+    from ...errors import UserError as _UserError
 
     found = [m for m in model.modules() if isinstance(m, RepConv) and not hasattr(m, "rbr_reparam")]
     if not found:
@@ -128,13 +129,13 @@ def _act(spec):
 
 
 class Model(SequentialDetector):
-    """The sequential YOLOv7 graph built from the layer table (models.yolov7_arch)."""
+    """The sequential YOLOv7 graph built from the layer table (models.yolov7.layers)."""
 
     def __init__(self, layout: str = "yolov7-tiny", nc: int = 80, anchors=None, ch: int = 3):
         super().__init__()
         if layout not in YOLOV7_LAYOUTS:
             raise ValueError(f"unknown yolov7 layout {layout!r}; choose one of {sorted(YOLOV7_LAYOUTS)}")
-        spec = FAMILIES["yolov7"]["layouts"][layout]
+        spec = FAMILIES[0].layouts[layout]
         anchors = [list(map(float, a)) for a in (anchors or spec["anchors"])]
         table = YOLOV7_LAYOUTS[layout]
         rows = YOLOV7_BACKBONE_ROWS[layout]
@@ -183,7 +184,7 @@ class Model(SequentialDetector):
 
 
 def build(scale=None, layout: str = "yolov7-tiny", nc: int = 80, anchors=None) -> Model:
-    """The family-table entry point (models.arch.FAMILIES['yolov7']['module'])."""
+    """The family-table entry point (Family.module in models.yolov7)."""
     if scale not in (None, "", "null"):
         raise ValueError(f"yolov7 has no scales (got {scale!r}); the layout picks the model")
     return Model(layout=layout, nc=nc, anchors=anchors)
@@ -210,8 +211,8 @@ def match_layout(yaml: dict) -> str | None:
 def describe_yolov7(container: Any, model: nn.Module, where: str) -> tuple[dict, dict] | None:
     """A YOLOv7 `train.py` full pickle's stand-in tree -> (meta, state_dict); None when its yaml is no
     yolov7 layout (then it may be YOLOR's)."""
-    from .safe_pickle import module_attr, upstream_name
-    from .upstream import _names
+    from ..safe_pickle import module_attr, upstream_name
+    from ..upstream import _names
 
     yaml = module_attr(model, "yaml") or {}
     layout = match_layout(yaml) if isinstance(yaml, dict) else None

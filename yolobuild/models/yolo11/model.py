@@ -26,11 +26,11 @@ import math
 import torch
 from torch import nn
 
-from .graph import SequentialDetector, place, repeated
-from .ultralytics_arch import (HEAD_OPTIONS, REPEATED, SCALED, YOLO11_LAYOUTS, YOLO11_SCALES, YOLO26_LAYOUTS,
+from ..graph import SequentialDetector, place, repeated
+from .layers import (HEAD_OPTIONS, REPEATED, SCALED, YOLO11_LAYOUTS, YOLO11_SCALES, YOLO26_LAYOUTS,
                                YOLO26_SCALES, make_divisible)
-from .yolov5 import C3, Bottleneck, Concat, Conv
-from .yolov8 import C2f, DFL
+from ..yolov5.model import C3, Bottleneck, Concat, Conv
+from ..yolov8.model import C2f, DFL
 
 
 def dw_conv(c1, c2, k=1, s=1, act=True) -> Conv:
@@ -289,7 +289,7 @@ class DetectionModel(SequentialDetector):
 
 def build(scale: str | None = "n", layout: str = "11", nc: int = 80, anchors=None, multiples=None,
           sppf_act: bool | None = None) -> DetectionModel:
-    """The family-table entry point for yolo11 and yolo26 (models.arch.FAMILIES[...]['module']).
+    """The family-table entry point for yolo11 and yolo26 (Family.module in models.yolo11).
 
     `sppf_act`: whether SPPF's first conv has its activation. ultralytics up to about 8.4.3x built
     every SPPF without it; later versions give it back to the rows that predate YOLO26, so a

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ...errors import UserError
 from . import darknet_cfg as dc
-from .darknet_arch import FAMILIES
-from .yolov5 import Conv
+from . import FAMILIES
+from ..yolov5.model import Conv
 
 BN_EPS = 1e-5
 
@@ -197,14 +197,14 @@ def layout_sections(layout: str, nc: int) -> list[dict]:
 
 
 def build(scale=None, layout: str = "yolov3", nc: int = 80, anchors=None, cfg: str | None = None) -> Darknet:
-    """The family-table entry point (models.arch.FAMILIES['yolov3']['module']). With `cfg` (a user's
+    """The family-table entry point (Family.module in models.darknet). With `cfg` (a user's
     cfg text) the network, anchors and masks are that cfg's; else the layout's shipped cfg."""
     if scale is not None:
         raise ValueError(f"yolov3 has no scales (model.scale must be null, got {scale!r})")
     if cfg is not None:
         return Darknet(dc.with_classes(dc.parse_cfg(cfg, "model.cfg"), nc), anchors, layout)
     if anchors is None:
-        anchors = FAMILIES["yolov3"]["layouts"][layout]["anchors"] if layout in dc.LAYOUT_CFG else None
+        anchors = FAMILIES[0].layouts[layout]["anchors"] if layout in dc.LAYOUT_CFG else None
     return Darknet(layout_sections(layout, nc), anchors, layout)
 
 
@@ -370,12 +370,12 @@ def inspect_foreign(path: Path) -> dict | None:
         info["bytes"] = size
         return info
     layout, nc = fits[0]
-    spec = FAMILIES["yolov3"]["layouts"][layout]
+    spec = FAMILIES[0].layouts[layout]
     layers = dc.walk(layout_sections(layout, nc))
     _, h, w = dc.net_input(dc.read_cfg(layout))
     info.update({"layout": layout if len(fits) == 1 else " or ".join(f"{lay} (nc={n})" for lay, n in fits),
                  "nc": nc, "strides": spec["strides"], "anchors": [y["anchors"] for y in dc.levels(layers)],
-                 "input_size": [h, w], "head_kind": FAMILIES["yolov3"]["head"],
+                 "input_size": [h, w], "head_kind": FAMILIES[0].head,
                  "tensors": len(weight_keys(layers)), "parameters": dc.weights_floats(layers), "bytes": size})
     return info
 

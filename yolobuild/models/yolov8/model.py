@@ -17,10 +17,10 @@ import math
 import torch
 from torch import nn
 
-from .graph import SequentialDetector, place, repeated
+from ..graph import SequentialDetector, place, repeated
 
-from .arch import YOLOV8_LAYOUTS, YOLOV8_SCALES
-from .yolov5 import SPPF, Bottleneck, Concat, Conv, make_divisible
+from .layers import YOLOV8_LAYOUTS, YOLOV8_SCALES
+from ..yolov5.model import SPPF, Bottleneck, Concat, Conv, make_divisible
 
 
 class C2f(nn.Module):
@@ -161,3 +161,32 @@ class DetectionModel(SequentialDetector):
 
 def build(scale: str | None = "n", layout: str = "v8", nc: int = 80, anchors=None, multiples=None) -> DetectionModel:
     return DetectionModel(scale=scale, nc=nc, layout=layout, multiples=multiples)
+
+
+# --------------------------------------------------------------------------- checkpoint recognition hooks
+
+def state_dict_nc(sd: dict) -> int | None:
+    """The class count of an ultralytics anchor-free head (YOLOv8, YOLO11, YOLO26: the last cv3 conv's outputs)."""
+    import re
+
+    last = sorted(k for k in sd if re.fullmatch(r"model\.\d+\.cv3\.0\.2\.weight", k))
+    return int(sd[last[-1]].shape[0]) if last else None
+
+
+def guess_state_dict(sd: dict) -> str | None:
+    """'yolov8n (anchor-free), nc=80', 'yolo11n (layout 11), nc=3': the ultralytics detect layouts share their
+    keys, so this one hook tells them apart (by the layer shapes, models.upstream)."""
+    from ..upstream import scale_from_shapes
+
+    nc = state_dict_nc(sd)
+    tail = f", nc={nc}" if nc else ""
+    if any(k.startswith("model.") and ".cv3." in k for k in sd):
+        found = scale_from_shapes(sd)
+        if found and found[0] != "yolov8":
+            return f"{found[0]}{found[2]} (layout {found[1]}){tail}"
+    if any(k.endswith(".dfl.conv.weight") for k in sd):
+        stem = sd.get("model.0.conv.weight")
+        scale = next((s for s, (_, w, mc) in YOLOV8_SCALES.items()
+                      if stem is not None and make_divisible(min(64, mc) * w, 8) == stem.shape[0]), "")
+        return f"yolov8{scale} (anchor-free){tail}"
+    return None

@@ -1,5 +1,5 @@
-"""Ultralytics 8.4 detectors as data, torch-free: YOLO11 and YOLO26 layer tables and scales, their
-family-table rows, and how a checkpoint's model yaml names its scale.
+"""Ultralytics 8.4 detectors as data, torch-free: YOLO11 and YOLO26 layer tables and scales, and how a
+checkpoint's model yaml names its scale.
 
 A yaml states its size in one of three ways: `scale` (with a `scales` table, as ultralytics writes
 when a model is built from `yolo11n.yaml`), `scales` alone (ultralytics then takes the first), or
@@ -64,25 +64,6 @@ YOLO26_LAYOUTS = {
 }
 HEAD_OPTIONS = {"yolo11": {"reg_max": 16, "end2end": False}, "yolo26": {"reg_max": 1, "end2end": True}}
 
-FAMILIES: dict = {
-    "yolo11": {
-        "module": "yolobuild.models.yolo11",
-        "head": "anchor_free", "decode": "dfl", "reg_max": HEAD_OPTIONS["yolo11"]["reg_max"],
-        "scales": tuple(YOLO11_SCALES),
-        "layouts": {"11": {"strides": [8, 16, 32], "anchors": None,
-                           "what": "ultralytics YOLO11 detect (C3k2, C2PSA, DFL head)"}},
-        "recipe_prefix": "yolo11",
-    },
-    "yolo26": {
-        "module": "yolobuild.models.yolo11",
-        "head": "anchor_free", "decode": "dfl", "reg_max": HEAD_OPTIONS["yolo26"]["reg_max"],
-        "scales": tuple(YOLO26_SCALES),
-        "layouts": {"26": {"strides": [8, 16, 32], "anchors": None,
-                           "what": "ultralytics YOLO26 detect (one-to-one NMS-free head, no DFL)"}},
-        "recipe_prefix": "yolo26",
-    },
-}
-PATCHES: dict = {}
 
 # the layers whose output channels the width multiple scales (ultralytics parse_model's base modules)
 SCALED = ("Conv", "C2f", "C3k2", "SPPF", "C2PSA", "C3", "SPP", "Focus")

@@ -1,11 +1,9 @@
-"""YOLOR (ImplicitA / ImplicitM, IDetect): the family table rows and layer tables, torch-free.
+"""YOLOR (ImplicitA / ImplicitM, IDetect): the layer tables and anchors, torch-free.
 
 The layer tables are upstream's yaml model definitions (WongKinYiu/yolor, branch `paper`,
 models/yolor-p6.yaml and models/yolor-w6.yaml) written out as data, row for row, so that a full
 pickle's `model.yaml` can be matched against them. Both are depth_multiple 1.0, width_multiple
 1.0: the channel counts below are the final ones.
-
-Not importing models.arch (it imports this module): the values are written out here.
 """
 
 # upstream yolor-p6.yaml / yolor-w6.yaml `anchors` (pixels, per level (w, h) pairs flattened)
@@ -75,39 +73,3 @@ YOLOR_LAYOUTS = {
 }
 # upstream's yaml splits the table after layer 11 (backbone) and the rest (head)
 YOLOR_BACKBONE_ROWS = 12
-
-FAMILIES: dict = {
-    "yolor": {
-        "module": "yolobuild.models.yolor",
-        # IDetect decodes like YOLOv5's Detect (sigmoid, xy*2-0.5+grid, (wh*2)^2*anchor) once
-        # ImplicitA / ImplicitM are applied around each output conv: the host decode "yolov5"
-        # applies to the raw head outputs (which carry ImplicitM already).
-        "head": "anchor_based", "decode": "yolov5",
-        "scales": (None,),
-        "layouts": {
-            "p6": {"strides": [8, 16, 32, 64], "anchors": YOLOR_ANCHORS,
-                   "what": "YOLOR-P6 (WongKinYiu/yolor paper branch, models/yolor-p6.yaml)"},
-            "w6": {"strides": [8, 16, 32, 64], "anchors": YOLOR_ANCHORS,
-                   "what": "YOLOR-W6 (WongKinYiu/yolor paper branch, models/yolor-w6.yaml)"},
-        },
-        "recipe_prefix": "yolor",
-        # verify-only: this IDetect is export-clean by construction (see models/yolor.py); the patch
-        # proves it on every build. syncbn_to_bn is added by the patch op when the checkpoint held
-        # SyncBatchNorm (model.pt "syncbn"), never unconditionally.
-        "patches": ["idetect_export"],
-    },
-}
-
-PATCHES: dict = {
-    "fuse_implicit": {
-        "function": "yolobuild.models.yolor:fuse_implicit", "verify_only": False,
-        "what": "YOLOR IDetect: fold ImplicitA into each output conv's bias (b + W.a) and ImplicitM into its "
-                "weight and bias (m*W, m*b), so the head is plain 1x1 convs (YOLOR's own fuse idea)",
-    },
-    "idetect_export": {
-        "function": "yolobuild.models.yolor:verify_idetect_export", "verify_only": True,
-        "what": "verify: YOLOR IDetect in eval returns the chosen head layout (upstream's `training |= export` "
-                "returned raw maps), decodes without in-place slice writes, broadcasts anchors as (1,na,1,1,2) "
-                "constants",
-    },
-}
