@@ -10,7 +10,7 @@ their own environments, compute the same figures the host toolchains do.
 
 layers.json: {"method", "images", "layers": [{"name", "op", "cosine", "sqnr_db", ...}] (graph order),
 "worst": [names, worst first]}. Optional per-layer keys: "inputs" (the reported layers feeding it: the
-ranking then charges a layer only the error it adds, not what it inherits) and "quantized" (false for a
+ranking then charges a layer only the error it adds, not what it inherits; "own_sqnr_db" says how much) and "quantized" (false for a
 layer already kept in float: never proposed again).
 """
 from __future__ import annotations
@@ -88,29 +88,32 @@ class LayerStats:
 
     def document(self, method: str, images: int, worst: int = 10) -> dict:
         layers = self.layers()
+        own = own_sqnr_db(layers)
+        for layer in layers:
+            layer["own_sqnr_db"] = own[layer["name"]]
         return {"method": method, "images": int(images), "layers": layers, "worst": rank(layers)[:worst]}
 
 
-def added_db(layers: list[dict]) -> dict[str, float]:
-    """name -> the SQNR a layer loses against the best of its inputs (dB; its own quantization error, not
-    the error it inherits). Without "inputs" a layer is charged its whole SQNR below EXACT_DB."""
+def own_sqnr_db(layers: list[dict]) -> dict[str, float]:
+    """name -> the SQNR of the noise a layer adds itself (dB), not the noise it inherits: noise-to-signal
+    ratios add, so its own is its output's minus that of its cleanest input. Without "inputs" a layer is
+    charged its whole error (own = its SQNR)."""
     by_name = {layer["name"]: layer for layer in layers}
     out = {}
     for layer in layers:
         ins = [by_name[i]["sqnr_db"] for i in layer.get("inputs") or () if i in by_name]
-        upstream = max(ins) if ins else EXACT_DB
-        if layer.get("inputs") is not None and not ins:
-            upstream = EXACT_DB    # fed by the graph input only
-        out[layer["name"]] = round(float(max(0.0, min(upstream, EXACT_DB) - layer["sqnr_db"])), 4)
+        inherited = 10.0 ** (-max(ins) / 10.0) if ins else 0.0
+        own = 10.0 ** (-layer["sqnr_db"] / 10.0) - inherited
+        out[layer["name"]] = round(_db(1.0, own), 4)
     return out
 
 
 def rank(layers: list[dict]) -> list[str]:
-    """Names of the layers worth keeping in float, worst first: the most SQNR added (the lowest SQNR when
-    layers carry no inputs), layers already in float ("quantized": false) left out."""
-    added = added_db(layers)
+    """Names of the layers worth keeping in float, worst first: the lowest own SQNR (the noise the layer adds
+    itself; its whole SQNR when layers carry no inputs), layers already in float ("quantized": false) left out."""
+    own = own_sqnr_db(layers)
     candidates = [layer for layer in layers if layer.get("quantized", True)]
-    order = sorted(candidates, key=lambda layer: (-added[layer["name"]], layer["sqnr_db"]))
+    order = sorted(candidates, key=lambda layer: (own[layer["name"]], layer["sqnr_db"]))
     return [layer["name"] for layer in order]
 
 
