@@ -96,13 +96,13 @@ class LayerStats:
 
 def own_sqnr_db(layers: list[dict]) -> dict[str, float]:
     """name -> the SQNR of the noise a layer adds itself (dB), not the noise it inherits: noise-to-signal
-    ratios add, so its own is its output's minus that of its cleanest input. Without "inputs" a layer is
+    ratios add, so its own is its output's minus that of its noisiest input. Without "inputs" a layer is
     charged its whole error (own = its SQNR)."""
     by_name = {layer["name"]: layer for layer in layers}
     out = {}
     for layer in layers:
         ins = [by_name[i]["sqnr_db"] for i in layer.get("inputs") or () if i in by_name]
-        inherited = 10.0 ** (-max(ins) / 10.0) if ins else 0.0
+        inherited = 10.0 ** (-min(ins) / 10.0) if ins else 0.0
         own = 10.0 ** (-layer["sqnr_db"] / 10.0) - inherited
         out[layer["name"]] = round(_db(1.0, own), 4)
     return out
