@@ -96,13 +96,13 @@ class _Search:
 
 def _first_sizes(layers: list[dict], ranked: list[str]) -> int:
     """How many layers the first keep_float try takes: the worst one and those within 3 dB of it."""
-    from ..runtime.layer_error import own_sqnr_db
+    from ..runtime.layer_error import rank_key
 
     if not ranked:
         return 0
-    own = own_sqnr_db(layers)
-    worst = own[ranked[0]]
-    return max(1, sum(1 for name in ranked if own[name] <= worst + 3.0))
+    key = rank_key(layers)
+    worst = key[ranked[0]]
+    return max(1, sum(1 for name in ranked if key[name] <= worst + 3.0))
 
 
 def run(config: Mapping, plan, on_op=None, say: Callable[[str], None] = print):
@@ -157,7 +157,11 @@ def _keep_float_search(s: _Search, best: int | None, bound: float, max_tries: in
         if not ranked:
             return f"every quantized layer is already kept in float ({len(kept)})"
         size = _first_sizes(layers, ranked) if size == 0 else size * 3
-        add = ranked[:size]
+        limit = max(1, len([lay for lay in layers if lay.get("quantized", True)]) // 3)
+        add = ranked[:min(size, limit)]
+        if any(sorted(t["keep_float"]) == sorted(kept + add) for t in s.tries):
+            return (f"keeping more than a third of the quantized layers in float ({limit}) is not int8 any more; "
+                    "the best try is kept")
         s.attempt({**calibration, "keep_float": kept + add},
                   f"keep_float += {len(add)} layer(s), worst first: {', '.join(add[:3])}{' ...' if len(add) > 3 else ''}")
         last = s.tries[-1]

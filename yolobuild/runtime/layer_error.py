@@ -11,7 +11,8 @@ their own environments, compute the same figures the host toolchains do.
 layers.json: {"method", "images", "layers": [{"name", "op", "cosine", "sqnr_db", ...}] (graph order),
 "worst": [names, worst first]}. Optional per-layer keys: "inputs" (the reported layers feeding it: the
 ranking then charges a layer only the error it adds, not what it inherits; "own_sqnr_db" says how much) and "quantized" (false for a
-layer already kept in float: never proposed again).
+layer already kept in float: never proposed again), "local_sqnr_db" (the layer alone, float against
+quantized on the same inputs, in its worst channel, where the toolchain can run both: the ranking's key then).
 """
 from __future__ import annotations
 
@@ -50,14 +51,27 @@ def _db(signal: float, noise: float) -> float:
     return float(min(EXACT_DB, max(-EXACT_DB, 10.0 * math.log10(signal / noise))))
 
 
+def _by_channel(x: np.ndarray) -> np.ndarray:
+    """(channels, values): axis 1 of an NC... tensor, else one channel."""
+    if x.ndim < 3:
+        return x.reshape(1, -1)
+    return np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+
+
 class LayerStats:
     """Sums over images per layer (so several images give one figure, weighted by energy), in the order
     layers were first added (the caller adds them in graph order)."""
 
     def __init__(self):
         self._rows: dict[str, dict] = {}
+        self._local: dict[str, list] = {}
 
-    def add(self, name: str, op: str, ref, got, inputs=None, quantized: bool | None = None) -> None:
+    def add(self, name: str, op: str, ref, got, inputs=None, quantized: bool | None = None, local=None) -> None:
+        """`local`: (float, quantized) outputs of the layer alone on the same inputs (what quantizing it
+        costs, its inputs' error aside), where the toolchain can compute both: its worst channel's SQNR is
+        the ranking's key (below)."""
+        if local is not None:
+            self._add_local(name, *local)
         a, b = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
         if a.shape != b.shape:
             raise ValueError(f"layer {name}: float tensor has {a.size} values, quantized {b.size}")
@@ -72,6 +86,27 @@ class LayerStats:
         row["bb"] += float(b @ b)
         row["ee"] += float(d @ d)
 
+    def _add_local(self, name: str, before, after) -> None:
+        x, y = np.asarray(before, np.float64), np.asarray(after, np.float64)
+        if x.shape != y.shape:
+            return
+        channels, noisy = _by_channel(x), _by_channel(y)
+        sig = (channels ** 2).sum(1)
+        err = ((channels - noisy) ** 2).sum(1)
+        acc = self._local.setdefault(name, [np.zeros_like(sig), np.zeros_like(err)])
+        if acc[0].shape == sig.shape:
+            acc[0] += sig
+            acc[1] += err
+
+    def _local_db(self, name: str) -> float | None:
+        if name not in self._local:
+            return None
+        sig, err = self._local[name]
+        live = sig > 0
+        if not live.any():
+            return EXACT_DB
+        return round(min(_db(float(s_), float(e_)) for s_, e_ in zip(sig[live], err[live])), 4)
+
     def layers(self) -> list[dict]:
         out = []
         for row in self._rows.values():
@@ -83,6 +118,9 @@ class LayerStats:
                 layer["inputs"] = [i for i in row["inputs"] if i in self._rows]
             if row["quantized"] is not None:
                 layer["quantized"] = bool(row["quantized"])
+            local = self._local_db(row["name"])
+            if local is not None:
+                layer["local_sqnr_db"] = local
             out.append(layer)
         return out
 
@@ -108,12 +146,22 @@ def own_sqnr_db(layers: list[dict]) -> dict[str, float]:
     return out
 
 
+def rank_key(layers: list[dict]) -> dict[str, float]:
+    """name -> the dB the ranking sorts by (lower is worse): "local_sqnr_db" where layers carry it (the SQNR of
+    the layer alone, float against quantized on the same inputs, in its worst channel: one scale for channels
+    of very different ranges, a packed YOLO head above all, is what int8 loses most to, and energy-weighted
+    figures hide it), else the own SQNR (the noise the layer adds itself; its whole SQNR without inputs)."""
+    if any("local_sqnr_db" in layer for layer in layers):
+        return {layer["name"]: float(layer.get("local_sqnr_db", EXACT_DB)) for layer in layers}
+    return own_sqnr_db(layers)
+
+
 def rank(layers: list[dict]) -> list[str]:
-    """Names of the layers worth keeping in float, worst first: the lowest own SQNR (the noise the layer adds
-    itself; its whole SQNR when layers carry no inputs), layers already in float ("quantized": false) left out."""
-    own = own_sqnr_db(layers)
+    """Names of the layers worth keeping in float, worst first (rank_key), layers already in float
+    ("quantized": false) left out."""
+    key = rank_key(layers)
     candidates = [layer for layer in layers if layer.get("quantized", True)]
-    order = sorted(candidates, key=lambda layer: (own[layer["name"]], layer["sqnr_db"]))
+    order = sorted(candidates, key=lambda layer: (key[layer["name"]], layer["sqnr_db"]))
     return [layer["name"] for layer in order]
 
 

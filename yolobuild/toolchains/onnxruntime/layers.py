@@ -3,6 +3,8 @@ the quantized one, run on the same probe images (numbers in runtime.layer_error)
 
 A float node's output `t` is found in the QDQ graph as the DequantizeLinear output that follows it (what its
 consumers see: the output's own quantization included), or as `t` itself where the quantizer left it float.
+A float copy of each quantized layer, fed the same dequantized inputs inside the QDQ graph, gives the error
+that quantizing the layer alone adds (the ranking's key, per channel).
 Layers are named by ONNX node name, the names quantize_static's nodes_to_exclude takes.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Layer:
     op: str
     ref: str              # the tensor in the float model
     got: str              # the tensor in the QDQ model
+    shadow: str | None    # in the QDQ model: the layer run in float on the same (quantized) inputs
     inputs: tuple[str, ...]
     quantized: bool
 
@@ -62,8 +65,44 @@ def match(float_proto, qdq_proto, kept_float: set[str]) -> list[Layer]:
         q_node = q_nodes[node.name]
         quantized = node.name not in kept_float and any(i in dq_output for i in q_node.input)
         inputs = tuple(dict.fromkeys(producer[i] for i in node.input if i in producer))
-        layers.append(Layer(node.name, node.op_type, out, got, inputs, quantized))
+        shadow = f"{SHADOW}{out}" if quantized and len(node.input) == len(q_node.input) else None
+        layers.append(Layer(node.name, node.op_type, out, got, shadow, inputs, quantized))
     return layers
+
+
+SHADOW = "yolobuild_float/"
+
+
+def add_shadows(qdq_proto, float_proto, layers: list[Layer]) -> None:
+    """Beside each quantized layer of the QDQ graph, a float copy of it (the float model's node, its float
+    weights) reading the same dequantized inputs: the two differ by what quantizing that layer alone costs
+    (weights, bias and output), whatever error its inputs carry."""
+    import onnx
+
+    weights = {t.name: t for t in float_proto.graph.initializer}
+    float_nodes = {n.name: n for n in float_proto.graph.node}
+    q_nodes = {n.name: n for n in qdq_proto.graph.node}
+    copied: set[str] = set()
+    for layer in layers:
+        if layer.shadow is None:
+            continue
+        fn, qn = float_nodes[layer.name], q_nodes[layer.name]
+        inputs = []
+        for k, name in enumerate(fn.input):
+            if name in weights:
+                if name not in copied:
+                    tensor = onnx.TensorProto()
+                    tensor.CopyFrom(weights[name])
+                    tensor.name = SHADOW + name
+                    qdq_proto.graph.initializer.append(tensor)
+                    copied.add(name)
+                inputs.append(SHADOW + name)
+            else:
+                inputs.append(qn.input[k])
+        shadow = onnx.helper.make_node(fn.op_type, inputs, [SHADOW + o for o in fn.output],
+                                       name=SHADOW + fn.name, domain=fn.domain)
+        shadow.attribute.extend(fn.attribute)
+        qdq_proto.graph.node.append(shadow)
 
 
 def _exposing(proto, tensors: list[str]) -> bytes:
@@ -101,7 +140,8 @@ def layer_errors(float_path: Path, qdq_path: Path, canvases: np.ndarray, scale: 
         raise ToolchainError("onnxruntime: no layer of the float model was found in the quantized model")
     input_name = next(i.name for i in fp.graph.input if i.name not in {t.name for t in fp.graph.initializer})
     ref_names = [layer.ref for layer in layers]
-    got_names = list(dict.fromkeys(layer.got for layer in layers))
+    add_shadows(qp, fp, layers)
+    got_names = list(dict.fromkeys([layer.got for layer in layers] + [layer.shadow for layer in layers if layer.shadow]))
     ref_sess, got_sess = _session(_exposing(fp, ref_names)), _session(_exposing(qp, got_names))
     batch = fp.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
     stats = LayerStats()
@@ -113,5 +153,5 @@ def layer_errors(float_path: Path, qdq_path: Path, canvases: np.ndarray, scale: 
         got = dict(zip(got_names, got_sess.run(got_names, {input_name: x})))
         for layer in layers:
             stats.add(layer.name, layer.op, ref[layer.ref], got[layer.got], inputs=layer.inputs,
-                      quantized=layer.quantized)
+                      quantized=layer.quantized, local=(got[layer.shadow], got[layer.got]) if layer.shadow else None)
     return stats.document("onnxruntime intermediate outputs (float ONNX vs QDQ ONNX)", images=len(canvases))

@@ -104,13 +104,24 @@ def _prepared(src: Path, opts: dict, scratch: Path, log=print) -> tuple[Path, bo
     if keep:
         import onnx
 
-        known = {n.name for n in onnx.load(str(named), load_external_data=False).graph.node}
+        graph = onnx.load(str(named), load_external_data=False).graph
+        known = {n.name for n in graph.node}
         unknown = [name for name in keep if name not in known]
         if unknown:
             raise UserError(f"backend.options.keep_float: {unknown[0]!r} is not a node of this model "
                             f"({len(unknown)} unknown); use the names the build's layers.json reports")
-        excluded += [name for name in keep if name not in excluded]
+        excluded += [name for name in _float_scope(graph, keep) if name not in excluded]
     return named, pre_processed, excluded
+
+
+def _float_scope(graph, keep: list[str]) -> list[str]:
+    """The nodes to exclude so each kept layer's output stays float: QDQ quantizes tensors where a quantized
+    node reads them, so the layer and every node reading its output are excluded (their other inputs stay
+    quantized)."""
+    outputs = {n.name: set(n.output) for n in graph.node}
+    wanted = {t for name in keep for t in outputs[name]}
+    readers = [n.name for n in graph.node if wanted & set(n.input)]
+    return list(dict.fromkeys(list(keep) + readers))
 
 
 def _head_nodes(model_path: Path, out_path: Path) -> list[str]:
@@ -210,8 +221,7 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
     ctx.results.update({"calibrate_method": opts["calibrate_method"], "per_channel": bool(opts["per_channel"]),
                         **({"num_bins": int(opts["num_bins"])} if opts["calibrate_method"] == "entropy" else {}),
                         "calib_images": int(len(calib)), "pre_processed": pre_processed,
-                        "fp32_head_nodes": len(excluded) - len(opts.get("keep_float") or ()),
-                        "keep_float": len(opts.get("keep_float") or ()),
+                        "excluded_nodes": len(excluded), "keep_float": len(opts.get("keep_float") or ()),
                         "QuantizeLinear": ops["QuantizeLinear"], "DequantizeLinear": ops["DequantizeLinear"],
                         "nodes": sum(ops.values())})
 

@@ -24,6 +24,7 @@ class Layer:
     op: str
     ref: object           # openvino Output in the float model
     got: object           # openvino Output in the quantized model
+    before: object        # the op's output before the FakeQuantize NNCF put after it (None: none)
     inputs: tuple[str, ...]
     quantized: bool
 
@@ -44,15 +45,15 @@ def match(float_model, quantized_model, kept_float: set[str]) -> list[Layer]:
         if op.output(0).get_element_type() != Type.f32 or not op.output(0).get_partial_shape().is_static:
             continue
         q_op = q_ops[name]
-        got = q_op.output(0)
+        got, before = q_op.output(0), None
         for target in got.get_target_inputs():
             if target.get_node().get_type_name() == "FakeQuantize":
-                got = target.get_node().output(0)
+                got, before = target.get_node().output(0), q_op.output(0)
                 break
         inputs = tuple(dict.fromkeys(v.get_node().get_friendly_name() for v in op.input_values()
                                      if v.get_node().get_type_name() not in _DATA_OPS))
         quantized = name not in kept_float and _fed_by_fake_quantize(q_op)
-        layers.append(Layer(name, kind, op.output(0), got, inputs, quantized))
+        layers.append(Layer(name, kind, op.output(0), got, before, inputs, quantized))
     return layers
 
 
@@ -91,13 +92,18 @@ def layer_errors(float_model, quantized_model, canvases: np.ndarray, scale: floa
     if not layers:
         raise ToolchainError("openvino: no op of the float model was found in the quantized IR")
     ref_run = _runner(float_model, [layer.ref for layer in layers], precision)
-    got_run = _runner(quantized_model, [layer.got for layer in layers], precision)
+    befores = [layer for layer in layers if layer.before is not None]
+    got_run = _runner(quantized_model, [layer.got for layer in layers] + [layer.before for layer in befores],
+                      precision)
     stats = LayerStats()
     for k in range(len(canvases)):
         x = canvas_to_input(canvases[k:k + 1], scale)
         if batch > 1:
             x = np.repeat(x, batch, 0)
-        for layer, ref, got in zip(layers, ref_run(x), got_run(x)):
-            stats.add(layer.name, layer.op, ref, got, inputs=layer.inputs, quantized=layer.quantized)
+        got_all = got_run(x)
+        before = {layer.name: got_all[len(layers) + i] for i, layer in enumerate(befores)}
+        for layer, ref, got in zip(layers, ref_run(x), got_all):
+            local = (before[layer.name], got) if layer.name in before else None
+            stats.add(layer.name, layer.op, ref, got, inputs=layer.inputs, quantized=layer.quantized, local=local)
     return stats.document("openvino intermediate outputs (float model vs NNCF int8 IR, CPU plugin)",
                           images=len(canvases))
