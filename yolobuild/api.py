@@ -56,7 +56,7 @@ def build(recipe: str | None = None, target: str | None = None, precision: str |
     """Build one job; cached ops are reused. Raises BuildFailed (with .result) when the build failed."""
     from . import lockfile
     from .compose import MISSING
-    from .engine.build import run_build
+    from .accuracy.search import run as run_build   # one build, or the accuracy.* search's builds
     from .validate import WEIGHTS_UNSET
 
     found, config, plan = _job(recipe, target, precision, dataset, overrides, config_dir, allow_env, cwd)
@@ -64,7 +64,7 @@ def build(recipe: str | None = None, target: str | None = None, precision: str |
         raise UserError(WEIGHTS_UNSET)
     if locked:
         lockfile.check(config, plan, lockfile.lock_path(found.root if found else None))
-    outcome = run_build(config, plan, on_op)
+    outcome = run_build(config, plan, on_op, say=lambda line: None)
     if outcome.exit_code == EXIT_INTERRUPTED:
         raise KeyboardInterrupt(outcome.message)
     manifest, build_dir = outcome.manifest, outcome.build_dir.absolute()   # the caller may change folder

@@ -274,8 +274,8 @@ def _cmd_plan(config, plan, out) -> int:
 
 
 def _cmd_build(config, plan, out) -> tuple[int, dict]:
+    from .accuracy.search import run as run_build   # one build, or the accuracy.* search's builds
     from .compose import MISSING
-    from .engine.build import run_build
     from .validate import WEIGHTS_UNSET
 
     if config["model"]["weights"] == MISSING:
@@ -291,7 +291,7 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
     out.say(f"building {plan.name}")
     for note in plan.notes:
         out.say(f"note: {note}")
-    result = run_build(config, plan, on_op)
+    result = run_build(config, plan, on_op, out.say)
     if result.exit_code == EXIT_INTERRUPTED:
         print(f"interrupted: {result.message}", file=sys.stderr)
         return result.exit_code, {}

@@ -14,6 +14,22 @@ def _fmt(x: Any, digits: int = 6) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _layers_section(m: dict[str, Any]) -> list[str]:
+    from . import layers_view
+
+    acc = m.get("accuracy") or {}
+    if not acc:
+        return []
+    parts = ["", "## Per-layer error (quantized vs float)", "", layers_view.summary_line(acc)]
+    if acc.get("tries"):
+        parts += ["", "### Accuracy search", "", _table(layers_view.TRIES_HEADER, layers_view.tries_rows(acc))]
+    if acc.get("layers"):
+        worst = set(layers_view.worst_names(acc))
+        rows = [[*r[:1], f"**{r[1]}**" if r[1] in worst else r[1], *r[2:]] for r in layers_view.rows(acc)]
+        parts += ["", "Worst layers in bold.", "", _table(layers_view.HEADER, rows)]
+    return parts
+
+
 def render_report(m: dict[str, Any]) -> str:
     parts = [f"# {m['build']}", "",
              f"Status: **{m['status']}** — recipe `{m['recipe']}`, target `{m['target']}`, precision `{m['precision']}`, "
@@ -36,6 +52,7 @@ def render_report(m: dict[str, Any]) -> str:
             ["model", "mAP50-95", "mAP50"],
             [["PyTorch fp32", _fmt(ref["mAP50_95"], 4), _fmt(ref["mAP50"], 4)],
              [f"built ({m['precision']})", _fmt(got["mAP50_95"], 4), _fmt(got["mAP50"], 4)]])]
+    parts += _layers_section(m)
     for o in m["ops"]:  # a hand-off build: the bundle's files, and the host int8 preview (labelled)
         res = o.get("results") or {}
         if res.get("bundle"):

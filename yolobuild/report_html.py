@@ -171,6 +171,30 @@ def samples_section(build_dir: Path) -> str:
             "reruns them.</p>" + "".join(figures))
 
 
+def layers_section(m: dict) -> str:
+    from . import layers_view
+
+    acc = m.get("accuracy") or {}
+    if not acc:
+        return ""
+    parts = ["<h2>Per-layer error, quantized vs float</h2>", f"<p>{escape(layers_view.summary_line(acc))}</p>"]
+    if acc.get("tries"):
+        parts += ["<h3>Accuracy search</h3>", _table(layers_view.TRIES_HEADER, layers_view.tries_rows(acc))]
+    if acc.get("layers"):
+        worst = set(layers_view.worst_names(acc))
+        head = "".join(f"<th>{escape(h)}</th>" for h in layers_view.HEADER)
+        marked = {True: '<tr class="bad">', False: "<tr>"}
+        body = "".join(marked[r[1] in worst] + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>"
+                       for r in layers_view.rows(acc))
+        worst_rows = [r for r in layers_view.rows(acc) if r[1] in worst]
+        worst_rows.sort(key=lambda r: layers_view.worst_names(acc).index(r[1]))
+        parts += [layers_view.plot_svg(acc), "<p>The worst layers, worst first:</p>",
+                  _table(layers_view.HEADER, worst_rows),
+                  "<details><summary>every layer (graph order; the worst in red)</summary>"
+                  f"<table><tr>{head}</tr>{body}</table></details>"]
+    return "".join(parts)
+
+
 def render_html(m: dict[str, Any], build_dir: Path) -> str:
     title = escape(m["build"])
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
@@ -185,6 +209,7 @@ def render_html(m: dict[str, Any], build_dir: Path) -> str:
     parts += ["<h2>Ops</h2>", timeline_svg(m["ops"]),
               _table(["op", "status", "seconds", "why"],
                      [[o["id"], o["status"], _fmt(o["seconds"] or 0.0, 2), o["reason"]] for o in m["ops"]])]
-    parts += [parity_section(m), accuracy_section(m), benchmark_section(m, build_dir), samples_section(build_dir)]
+    parts += [parity_section(m), accuracy_section(m), layers_section(m), benchmark_section(m, build_dir),
+              samples_section(build_dir)]
     parts += ["<h2>Tools</h2>", _table(["tool", "version"], [[k, v] for k, v in m["tools"].items()]), "</body></html>"]
     return "".join(parts) + "\n"

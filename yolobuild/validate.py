@@ -314,6 +314,49 @@ def _rule_darknet_cfg(c: dict) -> list[tuple[str, str]]:
     return [("model.cfg", why)] if why else []
 
 
+def _rule_accuracy(c: dict) -> list[tuple[str, str]]:
+    """accuracy.* settings that cannot act: a non-positive bound, a precision without calibration, a toolchain
+    with nothing to search."""
+    acc, prec = c["accuracy"], c["precision"]
+    found = []
+    if acc["max_drop"] is not None and not acc["max_drop"] > 0:
+        found.append(("accuracy.max_drop", f"{acc['max_drop']!r} must be a positive number of AP points "
+                      "(mAP50-95 x 100) the build may lose, e.g. accuracy.max_drop=0.5"))
+    asked = [k for k in ("max_drop", "kept_float", "calibration") if acc[k] is not None]
+    if asked and not prec["calibration"]:
+        return found + [(f"accuracy.{k}", f"precision {prec['name']} is not calibrated (nothing is quantized); "
+                         f"accuracy.{k} applies to int8 builds: remove it or build precision=int8") for k in asked]
+    from .toolchains import registry
+
+    decl = registry.find(c["backend"]["toolchain"])
+    if decl is None:
+        return found
+    facts = decl.accuracy
+    if acc["calibration"] == "auto" and not facts.calibration_choices:
+        found.append(("accuracy.calibration", f"toolchain {decl.name} declares no calibration algorithms to try; "
+                      "allowed here: null"))
+    if acc["max_drop"] is not None and not facts.layer_error:
+        found.append(("accuracy.max_drop", f"toolchain {decl.name} reports no per-layer error to choose the layers "
+                      "kept in float from; set accuracy.kept_float=FILE or remove accuracy.max_drop"))
+    if acc["max_drop"] is not None and not c["evaluate"]["enabled"]:
+        found.append(("accuracy.max_drop", "needs the measured accuracy; set evaluate.enabled=true"))
+    if decl.plan.handoff and (c["backend"]["options"].get("keep_float") or acc["kept_float"]):
+        found.append(("accuracy.kept_float" if acc["kept_float"] else "backend.options.keep_float",
+                      f"toolchain {decl.name} writes a hand-off bundle: its vendor compiler chooses the precision of "
+                      "each layer, yolobuild cannot keep one in float"))
+    return found
+
+
+def _rule_kept_float_file(c: dict) -> list[tuple[str, str]]:
+    path = c["accuracy"]["kept_float"]
+    if not path or path == MISSING or not c["precision"]["calibration"]:
+        return []
+    from .accuracy.kept_float import problem
+
+    why = problem(path, c["backend"]["toolchain"])
+    return [("accuracy.kept_float", why)] if why else []
+
+
 def _rule_workspace_writable(c: dict) -> list[tuple[str, str]]:
     p = Path(c["workspace"]["path"]).expanduser().absolute()
     probe = p
@@ -331,6 +374,7 @@ FILESYSTEM_RULES: tuple[Rule, ...] = (
     _rule_darknet_cfg,
     _rule_calibration_images,
     _rule_eval_pair,
+    _rule_kept_float_file,
     _rule_workspace_writable,
 )
 
@@ -352,6 +396,8 @@ RULES: tuple[Rule, ...] = (
     _rule_toolchain_known,
     _rule_toolchain_allowed,
     _rule_option_choices,
+    _rule_accuracy,
+    _rule_kept_float_file,
     _rule_workspace_writable,
 )
 

@@ -214,7 +214,31 @@ def make_manifest(config: Mapping, plan: Plan, ex: Execution, build_dir: Path, c
         "cache_events": ex.cache_events + cache.events,   # + broken locks, cache.remote trouble
     }
     manifest["next"] = next_step({"ops": ops}, Path("."))   # relative to the build folder
+    accuracy = _accuracy(plan, ex.records, cache)
+    if accuracy:
+        manifest["accuracy"] = accuracy
     return manifest
+
+
+def _accuracy(plan: Plan, records: list[OpRecord], cache: Cache) -> dict[str, Any]:
+    """manifest.accuracy: the per-layer error (layers.json, graph order), the worst layers, and the layers
+    this build kept in float (backend.options.keep_float as its ops were given it)."""
+    out: dict[str, Any] = {}
+    for op in plan.ops:
+        if op.kind == "compile" and isinstance(op.params.get("options"), Mapping):
+            out["kept_float"] = list(op.params["options"].get("keep_float") or ())
+    for rec in records:
+        if rec.op.kind != "layer_error" or "layers.json" not in rec.outputs:
+            continue
+        try:
+            doc = json.loads(cache.object_path(rec.outputs["layers.json"]["sha256"]).read_text())
+        except (OSError, ValueError):
+            continue
+        out.update({"method": doc.get("method"), "images": doc.get("images"), "layers": doc.get("layers", []),
+                    "worst": list(doc.get("worst", []))[:5]})
+    if "layers" not in out and not out.get("kept_float"):
+        return {}
+    return out
 
 
 # ------------------------------------------------------------------------------- the build folder, atomically

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..accuracy import kept_float
 from ..compose import MISSING
 from ..deploy.describe import HOST_RUNNABLE
 from ..models import registry as families
@@ -147,8 +148,11 @@ def lower(config: Mapping) -> Plan:
 
     # -- toolchain: calibrate, quantize, compile, simulate -----------------------------------------
     model_ref = onnx_ref
+    options = cfg["backend"]["options"]
+    if prec["calibration"]:   # the reviewed kept-float file's layers join backend.options.keep_float
+        options = kept_float.merged(options, cfg["accuracy"]["kept_float"])
     common = {"platform": target["platform"], "precision": prec["name"], "input_layout": target["input_layout"],
-              "head": cfg["graph"]["head"], "options": cfg["backend"]["options"], **pre}
+              "head": cfg["graph"]["head"], "options": options, **pre}
     if prec["calibration"]:
         b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref}, ("calib.npz",))
         if tc.plan.quantize == "separate":
@@ -174,6 +178,14 @@ def lower(config: Mapping) -> Plan:
                                **({"calib": compile_inputs["calib"]} if "calib" in compile_inputs else {})})
         b.add("simulate", "simulate", common, sim_inputs, ("outputs.npz",), toolchain=tc_name)
         outputs_ref = Ref("simulate", "outputs.npz")
+    if prec["calibration"] and cfg["accuracy"]["layers"] and tc.accuracy.layer_error:
+        # per-layer cosine / SQNR of what the toolchain quantized against the float model it was handed
+        built = {"built": model_ref} if tc.plan.quantize == "separate" else \
+            {"built": Ref("compile", tc.compiled[0]), **{f"also:{n}": Ref("compile", n) for n in tc.compiled[1:]}}
+        b.add("layer_error", "layer_error", {**common, "count": parity_n},
+              {"source": onnx_ref, **built, "calib": Ref("calibrate", "calib.npz"),
+               "probe": Ref("prepare_inputs", "probe.npz")}, ("layers.json",), final=("layers.json",),
+              toolchain=tc_name)
     b.add("check_parity", "check_parity",
           {"head": cfg["graph"]["head"], "thresholds": target["parity"][prec["name"]], "count": parity_n},
           {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),

@@ -38,6 +38,16 @@ class PlanShape:
 
 
 @dataclass(frozen=True)
+class AccuracyFacts:
+    """What an accuracy search may change (toolchain.yaml `accuracy`): the option naming the calibration
+    algorithm and the algorithms to try, and whether the toolchain has a `layer_error` step."""
+
+    calibration_option: str | None = None
+    calibration_choices: tuple[str, ...] = ()
+    layer_error: bool = False
+
+
+@dataclass(frozen=True)
 class Toolchain:
     """One toolchain package's declaration (toolchain.yaml), as the planner and validator read it."""
 
@@ -56,6 +66,7 @@ class Toolchain:
     code: tuple[str, ...]            # files and folders (import-root relative) whose source keys its ops
     options: dict[str, Any]          # JSON Schema of backend.options
     source: str                      # where it was declared (for messages)
+    accuracy: AccuracyFacts = AccuracyFacts()
 
     def step(self, kind: str) -> str | None:
         return f"{self.steps}:{kind}" if self.steps else None
@@ -118,6 +129,13 @@ def _options(data: dict, plan: dict) -> dict:
     return options
 
 
+def _accuracy(data: dict) -> AccuracyFacts:
+    acc = data.get("accuracy") or {}
+    return AccuracyFacts(calibration_option=acc.get("calibration_option"),
+                         calibration_choices=tuple(acc.get("calibration_choices") or ()),
+                         layer_error=bool(acc.get("layer_error", False)))
+
+
 def _declaration(path: Path, package: str) -> Toolchain:
     data = _read_yaml(path)
     folder = path.parent
@@ -130,7 +148,7 @@ def _declaration(path: Path, package: str) -> Toolchain:
                        handoff=bool(plan.get("handoff", False)), exports=tuple(plan.get("exports") or ())),
         compiled=tuple(data.get("compiled") or ()), op_version=int(data.get("op_version", 1)),
         steps=data.get("steps"), code=_code(data, package, folder), options=_options(data, plan),
-        source=str(path))
+        source=str(path), accuracy=_accuracy(data))
 
 
 @lru_cache(maxsize=1)

@@ -82,6 +82,48 @@ def _op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
 
 
+def _prepared(src: Path, opts: dict, scratch: Path, log=print) -> tuple[Path, bool, list[str]]:
+    """The float model quantize_static is handed (pre-processed, every node named) and the nodes it keeps
+    in float (the head with fp32_head, then backend.options.keep_float). layer_error prepares the source the
+    same way, so the names it reports are the names keep_float takes."""
+    model_in, pre_processed = src, False
+    if opts["pre_process"]:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = scratch / "model.pre.onnx"
+        try:
+            with quiet():
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            model_in, pre_processed = pre, True
+        except Exception as exc:  # pre-processing is an aid; quantize the exported model as is
+            log(f"quantize: quant_pre_process skipped ({one_line(exc, 120)})")
+    named = scratch / "model.named.onnx"
+    head = _head_nodes(model_in, named)
+    excluded = list(head) if opts["fp32_head"] else []
+    keep = list(opts.get("keep_float") or ())
+    if keep:
+        import onnx
+
+        graph = onnx.load(str(named), load_external_data=False).graph
+        known = {n.name for n in graph.node}
+        unknown = [name for name in keep if name not in known]
+        if unknown:
+            raise UserError(f"backend.options.keep_float: {unknown[0]!r} is not a node of this model "
+                            f"({len(unknown)} unknown); use the names the build's layers.json reports")
+        excluded += [name for name in _float_scope(graph, keep) if name not in excluded]
+    return named, pre_processed, excluded
+
+
+def _float_scope(graph, keep: list[str]) -> list[str]:
+    """The nodes to exclude so each kept layer's output stays float: QDQ quantizes tensors where a quantized
+    node reads them, so the layer and every node reading its output are excluded (their other inputs stay
+    quantized)."""
+    outputs = {n.name: set(n.output) for n in graph.node}
+    wanted = {t for name in keep for t in outputs[name]}
+    readers = [n.name for n in graph.node if wanted & set(n.input)]
+    return list(dict.fromkeys(list(keep) + readers))
+
+
 def _head_nodes(model_path: Path, out_path: Path) -> list[str]:
     """Names of the nodes from the last Conv before each graph output to that output (the detection head).
 
@@ -145,25 +187,7 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
     scratch = Path(ctx.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
 
-    model_in = src
-    pre_processed = False
-    if opts["pre_process"]:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        pre = scratch / "model.pre.onnx"
-        try:
-            with quiet():
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            model_in, pre_processed = pre, True
-        except Exception as exc:  # pre-processing is an aid; quantize the exported model as is
-            ctx.log(f"quantize: quant_pre_process skipped ({one_line(exc, 120)})")
-
-    excluded: list[str] = []
-    if opts["fp32_head"]:
-        named = scratch / "model.named.onnx"
-        excluded = _head_nodes(model_in, named)
-        model_in = named
-
+    model_in, pre_processed, excluded = _prepared(src, opts, scratch, ctx.log)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[opts["calibrate_method"]]
     extra = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QuantizeBias": quantize_bias}
@@ -197,7 +221,7 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
     ctx.results.update({"calibrate_method": opts["calibrate_method"], "per_channel": bool(opts["per_channel"]),
                         **({"num_bins": int(opts["num_bins"])} if opts["calibrate_method"] == "entropy" else {}),
                         "calib_images": int(len(calib)), "pre_processed": pre_processed,
-                        "fp32_head_nodes": len(excluded),
+                        "excluded_nodes": len(excluded), "keep_float": len(opts.get("keep_float") or ()),
                         "QuantizeLinear": ops["QuantizeLinear"], "DequantizeLinear": ops["DequantizeLinear"],
                         "nodes": sum(ops.values())})
 
@@ -243,3 +267,23 @@ def simulate(ctx: OpContext) -> None:
     arrays = probe_outputs(canvases, scale, batch, names, lambda x: sess.run(names, {name: x}), "onnxruntime")
     save_outputs(ctx.outputs["outputs.npz"], names, arrays)
     ctx.results.update({"images": int(len(canvases)), "outputs": {n: list(a.shape) for n, a in arrays.items()}})
+
+
+def layer_error(ctx: OpContext) -> None:
+    """Cosine and SQNR of every node's output, QDQ model against the float model quantize was handed
+    (prepared here the same way, so layer names are the names keep_float takes)."""
+    from ...runtime.layer_error import write
+    from .layers import layer_errors
+
+    p = ctx.params
+    _input_layout(p)
+    scratch = Path(ctx.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    float_model, _, excluded = _prepared(Path(ctx.inputs["source"]), p["options"], scratch, ctx.log)
+    probe = load_npz(ctx.inputs["probe"])
+    canvases = probe["images"][:max(1, int(p.get("count", 4)))]
+    doc = layer_errors(float_model, Path(ctx.inputs["built"]), canvases,
+                       float(p.get("scale", probe.get("input_scale", 1 / 255.0))), set(excluded))
+    write(ctx.outputs["layers.json"], doc)
+    ctx.results["accuracy"] = {"method": doc["method"], "images": doc["images"], "layers": len(doc["layers"]),
+                               "worst": doc["worst"][:5]}

@@ -60,6 +60,11 @@ def ignored_scope(model, options: dict) -> tuple[object, int]:
     missing = [n for n in user["names"] if n not in ops]
     if missing:
         raise UserError(f"backend.options.ignored_scope.names: {missing[0]!r} is not an op of the converted model")
+    keep = list(options.get("keep_float") or ())   # layer_error's names: OpenVINO op names, as names takes
+    missing = [n for n in keep if n not in ops]
+    if missing:
+        raise UserError(f"backend.options.keep_float: {missing[0]!r} is not an op of the converted model "
+                        f"({len(missing)} unknown); use the names the build's layers.json reports")
     for pattern in user["patterns"]:
         try:
             regex = re.compile(pattern)
@@ -73,7 +78,7 @@ def ignored_scope(model, options: dict) -> tuple[object, int]:
         raise UserError(f"backend.options.ignored_scope.types: {unknown_types[0]!r} is not an op type of the "
                         f"converted model")
     head = head_ops(model) if options["fp32_head"] else []
-    names = list(dict.fromkeys(head + list(user["names"])))
+    names = list(dict.fromkeys(head + list(user["names"]) + keep))
     scope = nncf.IgnoredScope(names=names, patterns=list(user["patterns"]), types=list(user["types"]),
                               validate=False)   # checked above, with messages that name the recipe key
     return scope, len(head)

@@ -131,3 +131,28 @@ def simulate(ctx: OpContext) -> None:
     xml = Path(ctx.inputs["model"])
     weights = Path(ctx.inputs["weights"]) if "weights" in ctx.inputs else xml.with_suffix(".bin")
     _run_probe(ctx, xml, weights)
+
+
+def layer_error(ctx: OpContext) -> None:
+    """Cosine and SQNR of every op's output, the int8 IR against the float model converted from the same
+    ONNX; names are OpenVINO op names (what keep_float and ignored_scope names take)."""
+    from ...runtime.layer_error import write
+    from .layers import layer_errors
+    from .quantization import head_ops
+
+    p = ctx.params
+    _check_params(p)
+    opts = p["options"]
+    float_model = _convert(Path(ctx.inputs["source"]))
+    xml = Path(ctx.inputs["built"])
+    quantized = _read_ir(xml, Path(ctx.inputs["also:model.bin"]) if "also:model.bin" in ctx.inputs
+                         else xml.with_suffix(".bin"))
+    kept = set(head_ops(float_model) if opts["fp32_head"] else ()) | set(opts["ignored_scope"]["names"]) \
+        | set(opts.get("keep_float") or ())
+    probe = load_npz(ctx.inputs["probe"])
+    canvases = probe["images"][:max(1, int(p.get("count", 4)))]
+    doc = layer_errors(float_model, quantized, canvases, float(p.get("scale", probe.get("input_scale", 1 / 255.0))),
+                       _static_batch(float_model), kept, opts["inference_precision"])
+    write(ctx.outputs["layers.json"], doc)
+    ctx.results["accuracy"] = {"method": doc["method"], "images": doc["images"], "layers": len(doc["layers"]),
+                               "worst": doc["worst"][:5]}

@@ -23,7 +23,7 @@ from .execution import EngineRunner
 from .logger import file_logger
 
 # tensorrt's quantize options, handed to ONNX Runtime's quantizer under the same names
-QUANTIZER_OPTIONS = ("calibrate_method", "percentile", "num_bins")
+QUANTIZER_OPTIONS = ("calibrate_method", "percentile", "num_bins", "keep_float")
 # what TensorRT's Q/DQ import needs whatever the user asks: per-channel weights, full int8 range
 QUANTIZER_FIXED = {"per_channel": True, "reduce_range": False, "pre_process": True}
 
