@@ -23,6 +23,11 @@ from ..registry import get as toolchain
 QUANTIZED_DTYPE = {"int8": "w8a8", "w8a16": "w8a16", "int16": "w16a16i_dfp"}
 
 
+# accuracy_analysis dumps every layer of the float and the simulated model as text: some 270 MB and 25 s of
+# reading per 320x320 image on an idle core, so the per-layer figures come from the first two probe images
+ANALYSIS_IMAGES = 2
+
+
 def _request(ctx: OpContext, onnx_path: Path) -> dict:
     p = ctx.params
     if p["input_layout"] != "nhwc_uint8":
@@ -106,15 +111,15 @@ def compile(ctx: OpContext) -> None:
 def layer_error(ctx: OpContext) -> None:
     """Per-layer error with rknn-toolkit2's own accuracy_analysis. The PC simulator runs only in the session
     that built the model, so the worker builds it again exactly as compile does (same request, same
-    calibration list) and analyses that build on the first `count` probe images, one at a time (each
-    image's dumps are some 270 MB at 320x320: written to the op's scratch, deleted once read)."""
+    calibration list) and analyses that build on the first `count` probe images (ANALYSIS_IMAGES at most),
+    one at a time (each image's dumps are written to the op's scratch and deleted once read)."""
     from ...runtime.layer_error import write
 
     req = _request(ctx, ctx.inputs["source"])
     probe = load_npz(ctx.inputs["probe"])
     folder = ctx.scratch / "probe"
     folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(probe["images"][:max(1, int(ctx.params.get("count", 4)))]):
+    for i, image in enumerate(probe["images"][:max(1, min(ANALYSIS_IMAGES, int(ctx.params.get("count", 4))))]):
         np.save(folder / f"{i:05d}.npy", np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
     req.update(images_dir=str(folder), work=str(ctx.scratch / "analysis"))
     result = _call(ctx, "layer_error", req)
