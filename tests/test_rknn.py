@@ -10,22 +10,38 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import build_dir, run_cli
+from .conftest import build_dir, built_folder, run_cli
 
 pytestmark = pytest.mark.toolchain
 FIELDS = ("boxes", "objectness", "class_scores")
+
+
+# a fully int8 head, so the per-layer figures have somewhere to rise when a layer is kept in float
+ALL_INT8 = ("precision=int8", "backend.options.fp16_head=false")
 
 
 @pytest.fixture(scope="module")
 def rk_builds(tmp_path_factory):
     root = tmp_path_factory.mktemp("rk")
     common = (f"workspace.path={root / 'ws'}", f"cache.dir={root / 'cache'}", "target=rk3588")
-    runs = {p: run_cli(*common, f"precision={p}", cwd=root) for p in ("fp16", "int8")}
+    runs = {p: run_cli(*common, f"precision={p}", cwd=root) for p in ("fp16", "int8", "int16")}
+    runs["int8_all"] = run_cli(*common, *ALL_INT8, cwd=root)
     return root, common, runs
 
 
-def manifest(root: Path, precision: str) -> dict:
-    return json.loads((build_dir(root / "ws", f"demo_rk3588_{precision}_320x320") / "manifest.json").read_text())
+def manifest(root: Path, precision: str, stdout: str | None = None) -> dict:
+    folder = built_folder(root / "ws", stdout) if stdout else build_dir(root / "ws", f"demo_rk3588_{precision}_320x320")
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _output(root: Path, m: dict, kind: str, name: str) -> Path:
+    out = next(op for op in m["ops"] if op["kind"] == kind)["outputs"][name]
+    return (root / "cache" if out["in"] == "cache" else root / "ws") / out["path"]
+
+
+def _layers(root: Path, run) -> dict:
+    m = manifest(root, "", run.stdout)
+    return json.loads(_output(root, m, "layer_error", "layers.json").read_text())
 
 
 def test_rk3588_fp16_matches_pytorch_per_field(rk_builds):
@@ -73,3 +89,78 @@ def test_rv1106_refuses_fp16_at_validate(tmp_path):
     r = run_cli("validate", "target=rv1106", "precision=fp16", cwd=tmp_path)
     assert r.returncode == 2
     assert "precision.name: 'fp16' is not supported by target rv1106; allowed: int8" in r.stderr
+
+
+def test_layer_error_lists_layers_in_graph_order_and_its_output_layer_agrees_with_the_simulator(rk_builds):
+    """The toolkit's accuracy_analysis (float vs simulator per layer), checked against an independent figure:
+    the compile op's simulator outputs against ONNX Runtime running the float ONNX on the same probe images."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    root, _, runs = rk_builds
+    run = runs["int8_all"]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    m = manifest(root, "", run.stdout)
+    doc = json.loads(_output(root, m, "layer_error", "layers.json").read_text())
+    assert doc["method"].startswith("rknn-toolkit2 accuracy_analysis") and doc["images"] >= 1
+    model = _output(root, m, "simplify", "model.onnx")
+    graph = onnx.load(str(model)).graph
+    position = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    names = [layer["name"] for layer in doc["layers"]]
+    assert len(names) > 50 and all(n in position for n in names)
+    assert [position[n] for n in names] == sorted(position[n] for n in names)   # graph order
+    assert doc["worst"] and set(doc["worst"]) <= set(names)
+    # the output layers: the same cosine as the simulator's outputs against ONNX Runtime fp32
+    probe = np.load(_output(root, m, "prepare_inputs", "probe.npz"))["images"][:doc["images"]]
+    sim = np.load(_output(root, m, "compile", "outputs.npz"))
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in graph.output]
+    ref = [sess.run(outputs, {sess.get_inputs()[0].name: (img.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)})
+           for img in probe]
+    by_name = {layer["name"]: layer for layer in doc["layers"]}
+    for k, name in enumerate(outputs):
+        a = np.concatenate([r[k].ravel() for r in ref]).astype(np.float64)
+        b = sim[name][:len(probe)].ravel().astype(np.float64)
+        independent = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert abs(by_name[name]["cosine"] - independent) < 2e-3, (name, by_name[name]["cosine"], independent)
+
+
+def test_keep_float_keeps_a_layer_in_float16_and_its_error_drops(rk_builds):
+    root, common, runs = rk_builds
+    before = _layers(root, runs["int8_all"])
+    worst = before["worst"][0]
+    run = run_cli(*common, *ALL_INT8, f"backend.options.keep_float=[{worst}]", cwd=root)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    after = _layers(root, run)
+    was = {layer["name"]: layer for layer in before["layers"]}[worst]
+    now = {layer["name"]: layer for layer in after["layers"]}[worst]
+    assert now["quantized"] is False and worst not in after["worst"]
+    assert now["own_sqnr_db"] > was["own_sqnr_db"] + 3, (was, now)
+    compile_results = next(op for op in manifest(root, "", run.stdout)["ops"] if op["kind"] == "compile")
+    assert compile_results["results"]["compile"]["float_layers"] == 1
+
+
+def test_keep_float_of_an_unknown_layer_is_one_line(rk_builds):
+    root, common, _ = rk_builds
+    r = run_cli(*common, *ALL_INT8, "backend.options.keep_float=[no_such_tensor]", cwd=root)
+    assert r.returncode == 2 and "backend.options.keep_float: no_such_tensor is not a layer" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_int16_compiles_with_better_parity_than_int8(rk_builds):
+    root, _, runs = rk_builds
+    assert runs["int16"].returncode == 0, runs["int16"].stdout[-3000:] + runs["int16"].stderr[-3000:]
+    int16, int8 = manifest(root, "int16"), manifest(root, "", runs["int8_all"].stdout)
+    assert int16["status"] == "compiled"
+    compile_results = next(op for op in int16["ops"] if op["kind"] == "compile")["results"]["compile"]
+    assert compile_results["quantized_dtype"] == "w16a16i_dfp"
+    for field in FIELDS:
+        assert int16["parity"][field]["cosine"] > int8["parity"][field]["cosine"], (int16["parity"], int8["parity"])
+
+
+def test_a_precision_the_chip_lacks_is_refused_at_validate(tmp_path):
+    r = run_cli("validate", "target=rk3588", "precision=w8a16", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "precision.name: 'w8a16' is not supported by target rk3588; allowed: fp16, int8, int16" in r.stderr
+    assert run_cli("validate", "target=rk3562", "precision=w8a16", cwd=tmp_path).returncode == 0

@@ -136,3 +136,80 @@ def test_no_python310_exits_3_with_the_install_hint(tmp_path):
     assert r.returncode == 3, r.stdout + r.stderr
     assert "Python 3.10 not found" in r.stderr and "pyenv install 3.10" in r.stderr
     assert "YOLOBUILD_PYTHON310" in r.stderr and "Traceback" not in r.stderr
+
+
+def _output(root: Path, m: dict, kind: str, name: str) -> Path:
+    out = next(op for op in m["ops"] if op["kind"] == kind)["outputs"][name]
+    return (root / "cache" if out["in"] == "cache" else root / "ws") / out["path"]
+
+
+def test_layer_error_compares_top_and_quantized_mlir_and_its_outputs_agree_with_the_emulator(tpu_builds):
+    """TPU-MLIR's own tensor compare (top vs tpu MLIR on its interpreter), checked against an independent
+    figure: the bmodel's cmodel outputs (the simulate op) against ONNX Runtime fp32 on the same probe images."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    root, _, runs = tpu_builds
+    _ok(runs["bm1684x_int8"])
+    m = manifest(root, "demo_bm1684x_int8_320x320")
+    doc = json.loads(_output(root, m, "layer_error", "layers.json").read_text())
+    assert doc["method"].startswith("TPU-MLIR tensor compare") and doc["images"] >= 1
+    model = _output(root, m, "simplify", "model.onnx")
+    graph = onnx.load(str(model)).graph
+    position = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    tensors = {layer["name"]: layer["name"][:-len(layer["op"]) - 1] for layer in doc["layers"]
+               if layer["name"].endswith("_" + layer["op"])}
+    placed = [position[t] for n, t in tensors.items() if t in position]
+    assert len(placed) > 30 and placed == sorted(placed)     # graph order, names `<onnx tensor>_<op>`
+    by_name = {layer["name"]: layer for layer in doc["layers"]}
+    # the head kept in F16 by quantize_table=head is reported as float, never proposed
+    assert all(by_name[op]["quantized"] is False for op in ("out8_Conv", "out16_Conv", "out32_Conv"))
+    assert not {"out8_Conv", "out16_Conv", "out32_Conv"} & set(doc["worst"])
+    probe = np.load(_output(root, m, "prepare_inputs", "probe.npz"))["images"][:doc["images"]]
+    sim = np.load(_output(root, m, "simulate", "outputs.npz"))
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in graph.output]
+    ref = [sess.run(outputs, {sess.get_inputs()[0].name: (img.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)})
+           for img in probe]
+    for k, name in enumerate(outputs):
+        a = np.concatenate([r[k].ravel() for r in ref]).astype(np.float64)
+        b = sim[name][:len(probe)].ravel().astype(np.float64)
+        independent = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert abs(by_name[f"{name}_Conv"]["cosine"] - independent) < 2e-3, (name, by_name[f"{name}_Conv"], independent)
+
+
+def test_keep_float_joins_the_quantize_table_and_the_layer_error_drops(tpu_builds):
+    root, common, _ = tpu_builds
+    before = json.loads(_output(root, manifest(root, "demo_bm1684x_int8_320x320"), "layer_error",
+                                "layers.json").read_text())
+    worst = before["worst"][0]
+    r = run_cli(*common, *INT8, f"backend.options.keep_float=[{worst}]", "evaluate.enabled=false", cwd=root)
+    _ok(r)
+    m = json.loads((built_folder(root / "ws", r.stdout) / "manifest.json").read_text())
+    compile_results = next(op for op in m["ops"] if op["kind"] == "compile")["results"]["compile"]
+    assert worst in compile_results["quantize_table"] and "out8_Conv" in compile_results["quantize_table"]
+    after = json.loads(_output(root, m, "layer_error", "layers.json").read_text())
+    was = {layer["name"]: layer for layer in before["layers"]}[worst]
+    now = {layer["name"]: layer for layer in after["layers"]}[worst]
+    assert now["quantized"] is False and now["own_sqnr_db"] > was["own_sqnr_db"] + 3, (was, now)
+
+
+def test_w8a16_compiles_with_better_parity_than_int8(tpu_builds):
+    root, common, _ = tpu_builds
+    runs = {p: run_cli(*common, *SMALL, "target=bm1684x", f"precision={p}", "backend.options.quantize_table=none",
+                       "dataset.calib.count=16", "dataset.generator.calib_count=16", cwd=root) for p in ("int8", "w8a16")}
+    for run in runs.values():
+        _ok(run)
+    m = {p: json.loads((built_folder(root / "ws", run.stdout) / "manifest.json").read_text()) for p, run in runs.items()}
+    assert m["w8a16"]["status"] == "compiled"
+    assert next(op for op in m["w8a16"]["ops"] if op["kind"] == "compile")["results"]["compile"]["quantize"] == "W8F16"
+    for field in FIELDS:
+        assert m["w8a16"]["parity"][field]["cosine"] > m["int8"]["parity"][field]["cosine"], \
+            (m["w8a16"]["parity"], m["int8"]["parity"])
+
+
+def test_a_precision_the_chip_lacks_is_refused_at_validate(tmp_path):
+    r = run_cli("validate", "target=bm1684", "precision=w8a16", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "precision.name: 'w8a16' is not supported by target bm1684; allowed: fp32, int8" in r.stderr

@@ -168,6 +168,11 @@ def _entropy_ranges(model: Path, reader, scratch: Path, num_bins: int, cache: Pa
     save_tensors_data(calibrator.compute_data(), cache)
 
 
+# precision -> (activation bits, weight bits) of the static QDQ model. 16-bit Q/DQ needs opset 21, which
+# quantize_static moves the model to by itself (ONNX Runtime's CPU EP runs it).
+QDQ_BITS = {"int8": (8, 8), "w8a16": (16, 8), "int16": (16, 16)}
+
+
 def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bias: bool = True) -> None:
     """Static QDQ int8. symmetric_activations (int8, zero point 0) and quantize_bias=False (float biases)
     are TensorRT's Q/DQ rules: the tensorrt toolchain's quantize asks for both."""
@@ -175,8 +180,12 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
 
     p = ctx.params
     _input_layout(p)
-    if p.get("precision") != "int8":
-        raise UserError(f"precision: {p.get('precision')!r} is not supported by onnxruntime quantize; allowed: int8")
+    if p.get("precision") not in QDQ_BITS:
+        raise UserError(f"precision: {p.get('precision')!r} is not supported by onnxruntime quantize; "
+                        f"allowed: {', '.join(QDQ_BITS)}")
+    act_bits, weight_bits = QDQ_BITS[p["precision"]]
+    act_type = {(8, True): QuantType.QInt8, (8, False): QuantType.QUInt8,
+                (16, True): QuantType.QInt16, (16, False): QuantType.QUInt16}[(act_bits, symmetric_activations)]
     opts = p["options"]   # complete and checked at validate (toolchain.yaml options)
     src = Path(ctx.inputs["model"])
     calib = load_npz(ctx.inputs["calib"])["images"]
@@ -209,8 +218,8 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
                 reader = None
             quantize_static(str(model_in), str(out), reader, quant_format=QuantFormat.QDQ,
                             per_channel=bool(opts["per_channel"]), reduce_range=bool(opts["reduce_range"]),
-                            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                            weight_type=QuantType.QInt8,
+                            activation_type=act_type,
+                            weight_type=QuantType.QInt16 if weight_bits == 16 else QuantType.QInt8,
                             calibrate_method=method, extra_options=extra, nodes_to_exclude=excluded,
                             **({"calibration_cache_path": str(cache)} if cache else {}))
     except Exception as exc:

@@ -1,14 +1,23 @@
-"""Runs inside the rknn-toolkit2 environment (see envs.py): build a .rknn, run the PC simulator.
+"""Runs inside the rknn-toolkit2 environment (see envs.py): build a .rknn, run the PC simulator, and the
+toolkit's per-layer accuracy analysis.
 
-Only rknn.api, numpy and onnx are imported here; the host prepares every input file.
-`build()` and `init_runtime()` report failure by returning non-zero, so each is checked.
+Only rknn.api, numpy, onnx and yolobuild.runtime.layer_error (numpy only) are imported here; the host
+prepares every input file. `build()` and `init_runtime()` report failure by returning non-zero, so each
+is checked.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
+class CalibrationFailed(RuntimeError):
+    """The toolkit's quantizing build failed for this calibration setup: the host names the option to change."""
+
+
 def _build(request: dict):
+    """The configured, built RKNN session and the model's output names. Layers named in request["float_layers"]
+    stay float16 (hybrid quantization), plus the head with fp16_head on int8."""
     import onnx
     from rknn.api import RKNN
 
@@ -23,11 +32,16 @@ def _build(request: dict):
         raise RuntimeError("rknn.load_onnx failed")
     graph = onnx.load(r["onnx"], load_external_data=False).graph
     names = [o.name for o in graph.output]
-    if r["precision"] == "int8" and r.get("fp16_head"):
-        return _hybrid_build(rknn, r, _head_tensors(graph)), names
-    quantize = r["precision"] == "int8"
+    quantize = r["dataset"] is not None
+    keep = set(r.get("keep_float") or ())
+    if quantize and r["quantized_dtype"] == "w8a8" and r.get("fp16_head"):
+        keep |= _head_tensors(graph)
+    if quantize and keep:
+        return _hybrid_build(rknn, r, keep), names
     ret = rknn.build(do_quantization=quantize, dataset=r["dataset"] if quantize else None)
     if ret != 0:
+        if quantize:
+            raise CalibrationFailed(f"rknn.build returned {ret}")
         raise RuntimeError(f"rknn.build failed (returned {ret})")
     return rknn, names
 
@@ -47,24 +61,27 @@ def _head_tensors(graph) -> set[str]:
     return keep
 
 
-def _hybrid_build(rknn, r: dict, head: set[str]):
-    """rknn-toolkit2's hybrid quantization: int8 everywhere but the head, which stays float16.
+def _hybrid_build(rknn, r: dict, keep: set[str]):
+    """rknn-toolkit2's hybrid quantization: quantized everywhere but the `keep` tensors, which stay float16.
 
     Step 1 writes <stem>.model/.data/.quantization.cfg in the working folder; the cfg's
-    custom_quantize_layers names the tensors to keep in float; step 2 builds from them."""
+    custom_quantize_layers names the tensors to keep in float; step 2 builds from them. A kept name the
+    cfg does not list (a tensor the toolkit fused away) is skipped; none at all is an error."""
     from rknn.api import RKNN
 
     ret = rknn.hybrid_quantization_step1(dataset=r["dataset"], proposal=False)
     if ret != 0:
-        raise RuntimeError(f"rknn.hybrid_quantization_step1 failed (returned {ret})")
+        raise CalibrationFailed(f"rknn.hybrid_quantization_step1 returned {ret}")
     rknn.release()
     stem = Path(r["onnx"]).stem
     cfg = Path(f"{stem}.quantization.cfg")
     text = cfg.read_text()
     known = {line.strip().rstrip(":") for line in text.splitlines() if line.startswith("    ") and not line.startswith("     ")}
-    layers = sorted(t for t in head if t in known)
+    layers = sorted(t for t in keep if t in known)
     if not layers:
-        raise RuntimeError("fp16_head: no head tensor found in the quantization config")
+        raise RuntimeError(f"hybrid quantization: none of {', '.join(sorted(keep)[:5])} is a layer of the "
+                           "quantization config")
+    print(f"hybrid quantization: {len(layers)} layer(s) kept in float16", flush=True)
     custom = "custom_quantize_layers:\n" + "".join(f"    {t}: float16\n" for t in layers)
     cfg.write_text(text.replace("custom_quantize_layers: {}\n", custom, 1))
     hybrid = RKNN(verbose=False)
@@ -72,7 +89,17 @@ def _hybrid_build(rknn, r: dict, head: set[str]):
                                            model_quantization_cfg=str(cfg))
     if ret != 0:
         raise RuntimeError(f"rknn.hybrid_quantization_step2 failed (returned {ret})")
+    hybrid.yolobuild_float_layers = layers
     return hybrid
+
+
+def _built(request: dict):
+    """_build, with a calibration failure returned as data (the host words the message), not raised."""
+    try:
+        return _build(request), None
+    except CalibrationFailed as exc:
+        return (None, None), {"calibration_failed": {"algorithm": request["quantized_algorithm"],
+                                                     "dtype": request["quantized_dtype"], "said": str(exc)}}
 
 
 def compile_and_simulate(request: dict) -> dict:
@@ -83,7 +110,9 @@ def compile_and_simulate(request: dict) -> dict:
     import numpy as np
 
     start = time.time()
-    rknn, names = _build(request)
+    (rknn, names), failed = _built(request)
+    if failed:
+        return failed
     try:
         if rknn.export_rknn(request["out"]) != 0:
             raise RuntimeError("rknn.export_rknn failed")
@@ -106,4 +135,99 @@ def compile_and_simulate(request: dict) -> dict:
     finally:
         rknn.release()
     return {"outputs": names, "bytes": Path(request["out"]).stat().st_size, "images": int(len(images)),
+            "float_layers": len(getattr(rknn, "yolobuild_float_layers", ())),
             "seconds_building": round(built - start, 3), "seconds_simulating": round(time.time() - built, 3)}
+
+
+def _analysis_rows(folder: Path) -> list[tuple[str, str, float]]:
+    """error_analysis.txt rows in graph order: (layer, op type, the toolkit's single-layer cosine).
+
+    A row reads `[Conv] /model.0/conv/Conv_output_0   0.99996 | 5.05334   0.99996 | 5.05334`: entire
+    cosine | euclidean (error accumulated from the input), then single cosine | euclidean (this layer
+    alone, fed the float input)."""
+    rows = []
+    for line in (folder / "error_analysis.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 8 or not parts[0].startswith("[") or parts[0][-1] != "]":
+            continue
+        rows.append((parts[1], parts[0][1:-1], float(parts[5])))
+    return rows
+
+
+def _dump_files(folder: Path) -> dict[str, str]:
+    """Layer name -> its dump's file name (map_name_to_file.txt)."""
+    out = {}
+    for line in (folder / "map_name_to_file.txt").read_text().splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return out
+
+
+def _reported_inputs(graph, reported: set[str]) -> dict[str, list[str]]:
+    """For each reported tensor, the reported tensors feeding it (through tensors the toolkit fused away)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    out = {}
+    for tensor in reported:
+        node = producer.get(tensor)
+        found, stack, seen = [], list(node.input) if node is not None else [], set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in reported:
+                found.append(t)
+            elif t in producer:
+                stack.extend(producer[t].input)
+        out[tensor] = sorted(found)
+    return out
+
+
+def layer_error(request: dict) -> dict:
+    """Build the model as compile does, then rknn-toolkit2's accuracy_analysis on each probe image: the
+    float ('golden') and simulator output of every layer. Cosine and SQNR come from those dumps; the
+    toolkit's own single-layer cosine rides along. Layers are the ONNX tensors the toolkit reports (the
+    names hybrid quantization takes); its internal ones (images_int8, *_conv) are left out. Each image's
+    dumps (hundreds of MB) are deleted once read."""
+    import time
+
+    import numpy as np
+    import onnx
+
+    from yolobuild.runtime.layer_error import LayerStats
+
+    start = time.time()
+    (rknn, _), failed = _built(request)
+    if failed:
+        return failed
+    graph = onnx.load(request["onnx"], load_external_data=False).graph
+    tensors = {out for node in graph.node for out in node.output}
+    kept = set(getattr(rknn, "yolobuild_float_layers", ()))
+    stats, single = LayerStats(), {}
+    work = Path(request["work"])
+    images = sorted(Path(request["images_dir"]).glob("*.npy"))
+    inputs = None
+    try:
+        for i, image in enumerate(images):
+            snap = work / f"snapshot_{i}"
+            t = time.time()
+            if rknn.accuracy_analysis(inputs=[str(image)], output_dir=str(snap)) != 0:
+                raise RuntimeError(f"rknn.accuracy_analysis failed on probe image {i}")
+            rows = [row for row in _analysis_rows(snap) if row[0] in tensors]
+            files = _dump_files(snap)
+            if inputs is None:
+                inputs = _reported_inputs(graph, {name for name, _, _ in rows})
+            for name, op, single_cos in rows:
+                ref = np.fromfile(snap / "golden" / files[name], sep=" ", dtype=np.float64)
+                got = np.fromfile(snap / "simulator" / files[name], sep=" ", dtype=np.float64)
+                stats.add(name, op, ref, got, inputs=inputs[name], quantized=name not in kept)
+                single.setdefault(name, []).append(single_cos)
+            shutil.rmtree(snap)
+            print(f"accuracy_analysis image {i + 1}/{len(images)}: {time.time() - t:.1f} s", flush=True)
+    finally:
+        rknn.release()
+    doc = stats.document("rknn-toolkit2 accuracy_analysis (float vs simulator, per layer)", images=len(images))
+    for layer in doc["layers"]:
+        layer["toolkit_single_cosine"] = round(float(np.mean(single[layer["name"]])), 6)
+    return {"doc": doc, "seconds": round(time.time() - start, 2)}

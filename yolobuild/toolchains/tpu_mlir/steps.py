@@ -17,9 +17,13 @@ import numpy as np
 from ...context import OpContext
 from ...errors import CheckFailed, UserError
 from ...runtime.arrays import canvas_to_input, load_npz, save_npz
+from .. import calibration
 from ..envs import call_in_env, env_dir, find_spec
+from ..registry import get as toolchain
 
-QUANTIZE = {"fp32": "F32", "fp16": "F16", "int8": "INT8"}
+# precision -> model_deploy --quantize; w8a16 is W8F16 (int8 weights, float16 activations: no calibration
+# table). Which chip has which is its target YAML's `precisions`; TPU-MLIR 1.30 has no INT16 mode.
+QUANTIZE = {"fp32": "F32", "fp16": "F16", "int8": "INT8", "w8a16": "W8F16"}
 NO_F16 = ("bm1684",)            # chips without F16: a quantize_table keeps layers in F32 there
 
 # dataset.preprocess -> model_transform's preprocessing flags, one table. yolobuild feeds the emulator
@@ -52,7 +56,7 @@ def _request(ctx: OpContext) -> dict:
     if p["input_layout"] != "nchw_float32":
         raise UserError(f"target.input_layout: tpu-mlir runs nchw_float32 inputs, not {p['input_layout']}")
     platform = str(p["platform"]).lower()
-    if p["precision"] not in QUANTIZE or (p["precision"] == "fp16" and platform in NO_F16):
+    if p["precision"] not in QUANTIZE or (p["precision"] in ("fp16", "w8a16") and platform in NO_F16):
         raise UserError(f"precision: {p['precision']!r} is not supported by tpu-mlir on {platform}")
     opts = _options(p)
     scale = round(float(p["scale"]), 7)
@@ -86,34 +90,49 @@ def _onnx_input_name(onnx_path: Path) -> str:
     return next(i.name for i in graph.input if i.name not in inits)
 
 
-def compile(ctx: OpContext) -> None:
+def _quantize_request(ctx: OpContext, onnx_path: Path, work: Path) -> dict:
+    """The request compile and layer_error share: calibration inputs (int8) and the step checks' test input."""
     req = _request(ctx)
     scale = float(ctx.params["scale"])
-    onnx_path = Path(ctx.inputs["model"])
     input_name = _onnx_input_name(onnx_path)
-    work = ctx.scratch / "tpu-mlir"
-    if ctx.params["precision"] == "int8":
+    if "calib" in ctx.inputs:
         canvases = load_npz(ctx.inputs["calib"])["images"]
-        req["calib"] = _inputs_npz(canvases, scale, ctx.scratch / "calib", input_name)
+        if req["quantize"] == "INT8":
+            req["calib"] = _inputs_npz(canvases, scale, ctx.scratch / "calib", input_name)
         test = canvases[:1]
     else:  # the step checks need one real-looking image; a mid-grey canvas keeps compile free of probe inputs
         test = np.full((1, req["height"], req["width"], 3), 114, dtype=np.uint8)
     req["test_input"] = _inputs_npz(test, scale, ctx.scratch / "test", input_name)[0]
-    req.update(onnx=str(onnx_path), work=str(work), out=str(ctx.outputs["model.bmodel"]), lock=_lock(ctx))
-    result = call_in_env(ctx, "tpu-mlir", "yolobuild.toolchains.tpu_mlir.worker:compile", req)
+    req.update(onnx=str(onnx_path), work=str(work), lock=_lock(ctx), input_name=input_name)
+    return req
+
+
+def _call(ctx: OpContext, function: str, req: dict) -> dict:
+    """The worker's result; a crashed run_calibration becomes one line naming calibration_method."""
+    result = call_in_env(ctx, "tpu-mlir", f"yolobuild.toolchains.tpu_mlir.worker:{function}", req)
+    acc = toolchain("tpu-mlir").accuracy
+    return calibration.check(result, "tpu-mlir", acc.calibration_option or "calibration_method",
+                             acc.calibration_choices, ctx.log_file)
+
+
+def compile(ctx: OpContext) -> None:
+    req = _quantize_request(ctx, Path(ctx.inputs["model"]), ctx.scratch / "tpu-mlir")
+    req["out"] = str(ctx.outputs["model.bmodel"])
+    result = _call(ctx, "compile", req)
     steps = result["steps"]
     ctx.results["steps"] = steps
     ctx.results["compile"] = {"bytes": result["bytes"], "seconds_in_toolkit": result["_seconds"],
                               "step_seconds": result["step_seconds"], "outputs": result["outputs"],
                               "quantize_table": result.get("quantize_table", []),
                               **{k: req[k] for k in ("platform", "quantize", "num_core", "asymmetric")}}
-    threshold = float(req["tolerance"]) if req["precision"] == "int8" else 0.99
+    calibrated = req["quantize"] in ("INT8", "W8F16")
+    threshold = float(req["tolerance"]) if calibrated else 0.99
     low = {name: c for name, c in steps["bmodel_vs_top"]["cosine"].items() if not c >= threshold}
     if low:
         worst = min(low, key=low.get)
         hint = ("; keys that may help: backend.options.quantize_table (keep layers in higher precision, e.g. head), "
                 "more calibration images (dataset.calib.count), backend.options.calibration_method"
-                if req["precision"] == "int8" else "")
+                if calibrated else "")
         raise CheckFailed(f"compile: bmodel output {worst} cosine {low[worst]:.6f} vs the top MLIR is below "
                           f"the tolerance {threshold} (backend.options.tolerance){hint}; "
                           f"top MLIR vs ONNX: min cosine {min(steps['top_vs_onnx']['cosine'].values()):.6f}")
@@ -137,3 +156,23 @@ def simulate(ctx: OpContext) -> None:
     save_npz(ctx.outputs["outputs.npz"], __names__=np.array(names), **arrays)
     ctx.results["simulate"] = {"images": result["images"], "seconds_in_toolkit": result["_seconds"],
                                "bmodel_outputs": result["bmodel_outputs"]}
+
+
+def layer_error(ctx: OpContext) -> None:
+    """Per-layer error with TPU-MLIR's own tools: the top (float) MLIR against the quantized tpu MLIR that
+    model_deploy lowers with the same calibration and quantize table as compile, both run by TPU-MLIR's
+    MLIR interpreter with every tensor dumped on the first `count` probe inputs (the bmodel itself runs
+    only as a whole on the emulator). Layer names are top-MLIR op names, as --quantize_table takes them."""
+    from ...runtime.layer_error import write
+
+    req = _quantize_request(ctx, Path(ctx.inputs["source"]), ctx.scratch / "tpu-mlir")
+    probe = load_npz(ctx.inputs["probe"])
+    images = ctx.scratch / "probe_inputs.npy"
+    np.save(images, canvas_to_input(probe["images"][:max(1, int(ctx.params.get("count", 4)))],
+                                    float(ctx.params["scale"])))
+    req["images"] = str(images)
+    result = _call(ctx, "layer_error", req)
+    doc = result["doc"]
+    write(ctx.outputs["layers.json"], doc)
+    ctx.results["accuracy"] = {"method": doc["method"], "images": doc["images"], "layers": len(doc["layers"]),
+                               "worst": doc["worst"][:5], "step_seconds": result["step_seconds"]}

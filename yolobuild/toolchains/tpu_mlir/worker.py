@@ -23,7 +23,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-WEIGHTS = "m_top_f32_all_weight.npz"   # written by model_transform (lower-cased model name), read from the cwd
+WEIGHTS = "m_top_f32_all_weight.npz"
+CALIBRATED = ("INT8", "W8F16")   # quantize modes with a quantize table (INT8 also calibrates)   # written by model_transform (lower-cased model name), read from the cwd
 
 
 @contextmanager
@@ -166,6 +167,68 @@ def _runner_main(spec_path: str) -> int:
     return 0
 
 
+def _transform(r: dict, work: Path, seconds: dict) -> Path:
+    """ONNX -> top MLIR (and the top MLIR interpreter on the test input): the folder holding M.mlir."""
+    _, names = _onnx_io(r["onnx"])
+    h, w = r["height"], r["width"]
+    fmt = lambda v: ",".join(f"{x:.7f}".rstrip("0").rstrip(".") if x else "0.0" for x in v)  # noqa: E731
+    tdir = work / "transform"
+    _step("model_transform", ["model_transform", "--model_name", "M", "--model_def", r["onnx"],
+                              "--input_shapes", f"[[1,3,{h},{w}]]", "--mean", fmt(r["mean"]), "--scale", fmt(r["scale"]),
+                              *r["preprocess_flags"], "--output_names", ",".join(names),
+                              "--test_input", r["test_input"], "--test_result", "M_top_outputs.npz",
+                              "--mlir", "M.mlir"], tdir, seconds)
+    return tdir
+
+
+class CalibrationFailed(RuntimeError):
+    """run_calibration exited non-zero: the host names the algorithm and the option to change."""
+
+
+def _quantize_args(r: dict, tdir: Path, work: Path, seconds: dict) -> tuple[list[str], list[str]]:
+    """model_deploy's quantization arguments (calibration table, quantize table, asymmetric) and the ops the
+    quantize table keeps in higher precision: quantize_table (head | none | ops) merged with keep_float."""
+    deploy_args: list[str] = []
+    if r["quantize"] not in CALIBRATED:
+        return deploy_args, []
+    if r["quantize"] == "INT8":
+        cdir = work / "calibration"
+        _link_weights(tdir, cdir)
+        listing = cdir / "inputs.txt"
+        listing.write_text("\n".join(r["calib"]) + "\n")
+        try:
+            _step("run_calibration", ["run_calibration", str(tdir / "M.mlir"), "--data_list", str(listing),
+                                      "--input_num", str(len(r["calib"])), "--cali_method", r["calibration_method"],
+                                      "-o", "M_cali_table"], cdir, seconds)
+        except RuntimeError as exc:
+            raise CalibrationFailed(str(exc)) from None
+        deploy_args += ["--calibration_table", str(cdir / "M_cali_table")]
+        if r["asymmetric"]:
+            deploy_args.append("--asymmetric")
+    text = (tdir / "M.mlir").read_text()
+    qt = r["quantize_table"]
+    ops: list[str] = []
+    if qt == "head" and r["quantize"] == "INT8":
+        ops = head_ops(r["onnx"], text)
+        if not ops:
+            raise RuntimeError("quantize_table=head: no head op found in the top MLIR")
+    elif isinstance(qt, list):
+        ops = list(qt)
+    ops = list(dict.fromkeys(ops + list(r.get("keep_float") or ())))
+    missing = [op for op in ops if f'loc("{op}")' not in text]
+    if missing:
+        raise RuntimeError(f"quantize_table/keep_float: op(s) {', '.join(missing)} not in the top MLIR {tdir / 'M.mlir'}")
+    if ops:
+        qtable = work / "qtable.txt"
+        qtable.write_text("".join(f"{op} {r['keep_dtype']}\n" for op in ops))
+        deploy_args += ["--quantize_table", str(qtable)]
+    return deploy_args, ops
+
+
+def _calibration_failed(r: dict, exc: Exception) -> dict:
+    return {"calibration_failed": {"algorithm": r["calibration_method"], "said": str(exc)}}
+
+
 def compile(request: dict) -> dict:
     import numpy as np
 
@@ -175,54 +238,23 @@ def compile(request: dict) -> dict:
         shutil.rmtree(work)
     seconds: dict[str, float] = {}
     input_name, names = _onnx_io(r["onnx"])
-    h, w = r["height"], r["width"]
-    fmt = lambda v: ",".join(f"{x:.7f}".rstrip("0").rstrip(".") if x else "0.0" for x in v)  # noqa: E731
 
     # 1. ONNX -> top MLIR, and the top MLIR interpreter on the test input
-    tdir = work / "transform"
-    _step("model_transform", ["model_transform", "--model_name", "M", "--model_def", r["onnx"],
-                              "--input_shapes", f"[[1,3,{h},{w}]]", "--mean", fmt(r["mean"]), "--scale", fmt(r["scale"]),
-                              *r["preprocess_flags"], "--output_names", ",".join(names),
-                              "--test_input", r["test_input"], "--test_result", "M_top_outputs.npz",
-                              "--mlir", "M.mlir"], tdir, seconds)
+    tdir = _transform(r, work, seconds)
     test = dict(np.load(r["test_input"]))
     top = dict(np.load(tdir / "M_top_outputs.npz"))
     import onnxruntime as ort
 
     sess = ort.InferenceSession(r["onnx"], providers=["CPUExecutionProvider"])
     onnx_out = dict(zip(names, sess.run(names, {input_name: test[input_name]})))
-    steps = {"test_input": "one calibration image" if r["precision"] == "int8" else "a mid-grey canvas",
+    steps = {"test_input": "one calibration image" if r["quantize"] == "INT8" else "a mid-grey canvas",
              "top_vs_onnx": _compare(names, top, onnx_out)}
 
-    # 2. calibration (int8): the float inputs the host prepared, as a list of npz files
-    deploy_args: list[str] = []
-    qtable_ops: list[str] = []
-    if r["quantize"] == "INT8":
-        cdir = work / "calibration"
-        _link_weights(tdir, cdir)
-        listing = cdir / "inputs.txt"
-        listing.write_text("\n".join(r["calib"]) + "\n")
-        _step("run_calibration", ["run_calibration", str(tdir / "M.mlir"), "--data_list", str(listing),
-                                  "--input_num", str(len(r["calib"])), "--cali_method", r["calibration_method"],
-                                  "-o", "M_cali_table"], cdir, seconds)
-        deploy_args += ["--calibration_table", str(cdir / "M_cali_table")]
-        qt = r["quantize_table"]
-        if qt == "head":
-            qtable_ops = head_ops(r["onnx"], (tdir / "M.mlir").read_text())
-            if not qtable_ops:
-                raise RuntimeError("quantize_table=head: no head op found in the top MLIR")
-        elif isinstance(qt, list):
-            text = (tdir / "M.mlir").read_text()
-            missing = [op for op in qt if f'loc("{op}")' not in text]
-            if missing:
-                raise RuntimeError(f"quantize_table: op(s) {', '.join(missing)} not in the top MLIR {tdir / 'M.mlir'}")
-            qtable_ops = list(qt)
-        if qtable_ops:
-            qtable = work / "qtable.txt"
-            qtable.write_text("".join(f"{op} {r['keep_dtype']}\n" for op in qtable_ops))
-            deploy_args += ["--quantize_table", str(qtable)]
-        if r["asymmetric"]:
-            deploy_args.append("--asymmetric")
+    # 2. calibration (int8): the float inputs the host prepared, as a list of npz files; the quantize table
+    try:
+        deploy_args, qtable_ops = _quantize_args(r, tdir, work, seconds)
+    except CalibrationFailed as exc:
+        return _calibration_failed(r, exc)
     if int(r["num_core"]) != 1:
         deploy_args += ["--num_core", str(r["num_core"])]
 
@@ -249,6 +281,79 @@ def compile(request: dict) -> dict:
             "quantize_table": qtable_ops}
 
 
+def layer_error(request: dict) -> dict:
+    """TPU-MLIR's own tensor compare: the top (float) MLIR and the quantized tpu MLIR (model_deploy
+    --not_gen_bmodel, the same calibration and quantize table as compile) both run by TPU-MLIR's MLIR
+    interpreter with every tensor dumped, on each probe input; cosine and SQNR per top-MLIR op in graph
+    order (the names --quantize_table takes)."""
+    r = request
+    work = Path(r["work"])
+    if work.exists():
+        shutil.rmtree(work)
+    seconds: dict[str, float] = {}
+    tdir = _transform(r, work, seconds)
+    try:
+        deploy_args, qtable_ops = _quantize_args(r, tdir, work, seconds)
+    except CalibrationFailed as exc:
+        return _calibration_failed(r, exc)
+    ddir = work / "deploy"
+    _link_weights(tdir, ddir)
+    _step("model_deploy", ["model_deploy", "--mlir", str(tdir / "M.mlir"), "--quantize", r["quantize"],
+                           "--processor", r["platform"], *deploy_args, "--not_gen_bmodel", "--model", "M.bmodel"],
+          ddir, seconds)
+    tpu = sorted(ddir.glob("*_tpu.mlir"))
+    if not tpu:
+        raise RuntimeError(f"model_deploy --not_gen_bmodel wrote no *_tpu.mlir in {ddir}")
+    import tpu_mlir  # noqa: F401  (sets LD_LIBRARY_PATH in os.environ for the child)
+
+    spec = work / "compare.json"
+    out = work / "layers.json"
+    spec.write_text(json.dumps({"compare": True, "top": str(tdir / "M.mlir"), "tpu": str(tpu[0]),
+                                "inputs": r["images"], "input_name": r["input_name"], "out": str(out),
+                                "kept": qtable_ops}))
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "yolobuild.toolchains.tpu_mlir.worker", str(spec)], cwd=ddir,
+                          stdout=sys.stdout, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the MLIR interpreter compare failed (exit {proc.returncode})")
+    seconds["compare"] = round(time.time() - start, 2)
+    return {"doc": json.loads(out.read_text()), "step_seconds": seconds}
+
+
+def _compare_main(spec: dict) -> int:
+    """Child process: both MLIRs through TPU-MLIR's interpreter with every tensor dumped, per probe input;
+    the figures in yolobuild.runtime.layer_error (numpy only)."""
+    import numpy as np
+    import tpu_mlir
+
+    sys.path.insert(0, os.path.join(tpu_mlir.package_path, "python"))
+    from tools.model_runner import mlir_inference
+    from utils.mlir_parser import MlirParser
+
+    from yolobuild.runtime.layer_error import LayerStats, write
+
+    top = MlirParser(spec["top"])
+    ops = [op for op in top.ops if op.type not in ("top.Input", "top.Weight", "top.None")]
+    names = {op.name for op in ops}
+    kept = set(spec["kept"])
+    stats = LayerStats()
+    images = np.load(spec["inputs"], mmap_mode="r")
+    for i in range(len(images)):
+        t = time.time()
+        x = {spec["input_name"]: np.ascontiguousarray(images[i:i + 1])}
+        ref = mlir_inference(x, spec["top"], dump_all=True)
+        got = mlir_inference(x, spec["tpu"], dump_all=True)
+        for op in ops:
+            if op.name in ref and op.name in got and np.size(ref[op.name]) == np.size(got[op.name]):
+                inputs = [o for o in top.get_pre_op_by_op_name(op.name) if o in names]
+                stats.add(op.name, op.type.split(".")[-1], ref[op.name], got[op.name], inputs=inputs,
+                          quantized=op.name not in kept)
+        print(f"MLIR compare image {i + 1}/{len(images)}: {time.time() - t:.1f} s", flush=True)
+    write(spec["out"], stats.document("TPU-MLIR tensor compare (top MLIR vs quantized tpu MLIR, interpreter)",
+                                      images=len(images)))
+    return 0
+
+
 def simulate(request: dict) -> dict:
     import numpy as np
 
@@ -261,5 +366,10 @@ def simulate(request: dict) -> dict:
     return {"outputs": names, "images": int(len(images)), "bmodel_outputs": mapping}
 
 
+def _child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    return _compare_main(spec) if spec.get("compare") else _runner_main(spec_path)
+
+
 if __name__ == "__main__":
-    sys.exit(_runner_main(sys.argv[1]))
+    sys.exit(_child_main(sys.argv[1]))
