@@ -78,6 +78,9 @@ options:
                          environment are replaced by ${oc.env:NAME} in every file yolobuild writes
   -h, --help             this text
 
+progress: in a terminal, a live view of the running ops (images done of N, ETA) and of a sweep's jobs;
+  piped or in CI, plain lines (at most one progress line per op every 10 s); YOLOBUILD_PROGRESS=0: off
+
 exit codes: 0 built (or hand-off bundle written), 2 user error (recipe, override, input file),
             3 toolchain or numeric check failed, 4 the machine is in the way (disk full, no permission),
             130 interrupted.

@@ -133,7 +133,8 @@ class BuildView:
             now = self.clock()
             head = Text.assemble((f"building {self.name}", "bold"),
                                  f": {self.finished} of {self.ops} ops done, {len(self.running)} running")
-            return Group(head, *(Text(self.progress_line(rec, now)) for rec in self.running.values()))
+            return Group(head, *(Text(self.progress_line(rec, now), no_wrap=True, overflow="ellipsis")
+                                 for rec in self.running.values()))
 
     def _print(self, text: str) -> None:
         if self._live is not None:

@@ -83,9 +83,11 @@ def _watching(sweep_dir: Path, task: list[str], overrides: list[str], out):
     console = terminal_console(getattr(out, "stream", None))
     if console is None:
         return None, nullcontext()
+    from ..cli import _has_sweep
     from .watch import SweepView
 
-    return console, SweepView(sweep_dir, console, _job_count(task, overrides))
+    common = [o for o in task if not _has_sweep(o) and "(" not in o]   # every job's, as Hydra hands them on
+    return console, SweepView(sweep_dir, console, _job_count(task, overrides), common)
 
 
 def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:

@@ -41,7 +41,8 @@ class JobStatus:
 
     def on_event(self, kind: str, rec) -> None:
         self.state["running"][rec.op.id] = {"began": rec.began, "progress": rec.progress}
-        self.write(force=kind == "start")
+        finished_loop = bool(rec.progress) and rec.progress["done"] >= rec.progress["total"]
+        self.write(force=kind == "start" or finished_loop)   # the end of a loop is never dropped
 
     def finish(self, row: dict) -> None:
         self.state.update(state="failed" if row.get("status") == "failed" else "done", status=row.get("status"),

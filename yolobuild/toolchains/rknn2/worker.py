@@ -82,7 +82,7 @@ def compile_and_simulate(request: dict) -> dict:
 
     import numpy as np
 
-    from ..progress import report
+    from ...progress import report
 
     start = time.time()
     rknn, names = _build(request)

@@ -143,7 +143,7 @@ def _runner_main(spec_path: str) -> int:
     import numpy as np
     import tpu_mlir
 
-    from ..progress import report
+    from ...progress import report
 
     sys.path.insert(0, os.path.join(tpu_mlir.package_path, "python"))
     from tools.model_runner import model_inference
