@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,77 @@ def test_report_html_is_self_contained_with_its_plots(tmp_path):
     assert page.count("<svg") == 3 and "Pareto front" in page and "not supported by target mlu220" in page
     assert not re.search(r"https?://|//[a-z]|<script|<link|@import|url\(", page)
     assert "(an earlier build)" not in page and "ran in job" in page   # export_onnx: ran in job 0, reused by job 1
+    assert "Accuracy against latency" in page and "Nothing to plot" in page   # no job ran a benchmark
+
+
+def _benchmarked(manifest: dict, p50: dict) -> dict:
+    """The manifest with a benchmark op's figures (manifest.benchmark), one p50 per runtime."""
+    runtimes = {name: {"p50_ms": ms, "p90_ms": ms * 1.2, "batch": 1} for name, ms in p50.items()}
+    return {**manifest, "benchmark": {"model": "model.ort.onnx", "runtimes": runtimes}}
+
+
+def test_latency_is_the_targets_own_runtime_else_the_fastest(tmp_path):
+    m = _benchmarked(_manifest("onnxruntime", "int8", 320, []), {"openvino": 8.0, "onnxruntime": 11.5})
+    row = row_from_manifest([], 0, m, tmp_path, 0.0)
+    assert (row["latency_ms"], row["latency_runtime"]) == (11.5, "onnxruntime")
+    m = _benchmarked(_manifest("rk3588", "int8", 320, []), {"openvino": 8.0, "onnxruntime": 11.5})
+    assert row_from_manifest([], 0, m, tmp_path, 0.0)["latency_runtime"] == "openvino"
+    assert row_from_manifest([], 0, _manifest("rk3588", "int8", 320, []), tmp_path, 0.0)["latency_ms"] is None
+
+
+def _latency_summary(tmp_path) -> dict:
+    """Six benchmarked jobs (two targets × fp32/int8, two input sizes) and the failed one."""
+    summary = _summary(tmp_path)
+    rows = []
+    figures = [("onnxruntime", "fp32", 320, 0.935, 24.0, 7.1), ("onnxruntime", "int8", 320, 0.929, 12.5, 2.1),
+               ("openvino", "fp32", 320, 0.935, 18.0, 7.0), ("openvino", "int8", 320, 0.933, 9.5, 2.0),
+               ("onnxruntime", "int8", 256, 0.901, 8.0, 2.1), ("openvino", "fp16", 256, 0.915, 14.0, 3.6)]
+    for job, (target, precision, width, mAP, p50, mb) in enumerate(figures):
+        m = _benchmarked(_manifest(target, precision, width, [("export_onnx", "f" * 64, "ran" if job == 0 else "cached")]),
+                         {target: p50})
+        m["metrics"]["built"]["mAP50_95"] = mAP
+        row = row_from_manifest([f"target={target}", f"precision={precision}", f"input.width={width}"], 0, m,
+                                tmp_path, 1000.0 + job)
+        rows.append({"job": job, **row, "artifact_bytes": int(mb * 1e6)})
+    return {**summary, "jobs": rows + [{**summary["jobs"][2], "job": len(rows)}]}
+
+
+def test_accuracy_against_latency_marks_the_pareto_front(tmp_path):
+    svg = plots.accuracy_vs_latency(_latency_summary(tmp_path)["jobs"])
+    front = re.findall(r"on the Pareto front: job (\d+)", svg)
+    # by hand: 8.0 ms 0.901 (#4), 9.5 ms 0.933 (#3), 18.0 ms 0.935 (#2); the others are slower and no better
+    assert sorted(map(int, front)) == [2, 3, 4]
+    assert "p50 latency" in svg and "openvino · int8" in svg
+
+
+def _chromium():
+    import shutil
+
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+
+
+def test_report_html_with_latency_draws_in_headless_chromium(tmp_path):
+    import os
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium): report.html checked as text only")
+    page = tmp_path / "report.html"
+    html.write_report(page, _latency_summary(tmp_path))
+    assert page.read_text().count("<svg") == 4
+    shot = Path(os.environ.get("YOLOBUILD_SWEEP_SHOT") or tmp_path / "report.png")
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,2000", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), r.stderr[-2000:]
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    # the two accuracy plots sit one above the other, each with its own coloured points
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    coloured = sum(n for n, (red, green, blue) in colours if max(red, green, blue) - min(red, green, blue) > 60)
+    assert len(colours) > 50 and coloured > 2000, "the plots drew nothing"
 
 
 def test_latest_points_at_the_newest_sweep(tmp_path):

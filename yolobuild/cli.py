@@ -78,6 +78,9 @@ options:
                          environment are replaced by ${oc.env:NAME} in every file yolobuild writes
   -h, --help             this text
 
+progress: in a terminal, a live view of the running ops (images done of N, ETA) and of a sweep's jobs;
+  piped or in CI, plain lines (at most one progress line per op every 10 s); YOLOBUILD_PROGRESS=0: off
+
 exit codes: 0 built (or hand-off bundle written), 2 user error (recipe, override, input file),
             3 toolchain or numeric check failed, 4 the machine is in the way (disk full, no permission),
             130 interrupted.
@@ -85,7 +88,8 @@ exit codes: 0 built (or hand-off bundle written), 2 user error (recipe, override
 
 
 class Output:
-    """Plain lines for progress and messages; rich only for the summary table (it costs ~50 ms).
+    """Plain lines for messages; rich for the summary table and, in a terminal, the live view of a
+    running build (rich costs ~50 ms to import; a pipe or CI log gets plain lines only).
 
     The stream is bound once: ops running in threads may swap sys.stdout while they silence a tool."""
 
@@ -94,6 +98,13 @@ class Output:
 
     def say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+
+    def watch(self, name: str, ops: int):
+        """What shows a build while it runs (yolobuild.live): a live view in a terminal, else plain lines."""
+        from .live import BuildView, terminal_console
+        from .progress import shown
+
+        return BuildView(self.say, name, ops, console=terminal_console(self.stream), progress_lines=shown())
 
     def table(self, table) -> None:
         from rich.console import Console
@@ -280,18 +291,14 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
 
     if config["model"]["weights"] == MISSING:
         raise UserError(f"{WEIGHTS_UNSET} (command line)")
-    def on_op(rec):
-        mark = {"ran": "ran", "cached": "cached", "handoff": "handoff", "failed": "FAILED"}.get(rec.status, rec.status)
-        why = "" if rec.status == "cached" else f"  ({rec.reason})"
-        out.say(f"  {rec.op.id:<18} {mark:<8} {rec.seconds:7.2f}s{why}")
-
     if config["model"]["weights"] == "random":
         out.say("WARNING: model.weights=random: random weights — this checks the pipeline, "
                 "not a trained detector")
     out.say(f"building {plan.name}")
     for note in plan.notes:
         out.say(f"note: {note}")
-    result = run_build(config, plan, on_op, out.say)
+    with out.watch(plan.name, len(plan.ops)) as view:
+        result = run_build(config, plan, view.on_op, view.listener, say=out.say)
     if result.exit_code == EXIT_INTERRUPTED:
         print(f"interrupted: {result.message}", file=sys.stderr)
         return result.exit_code, {}
@@ -307,20 +314,24 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
 def _summary(rows: list[dict], out) -> None:
     from rich.table import Table
 
+    from .live import saved
+
     table = Table(title="yolobuild summary", title_justify="left")
-    for col in ("build", "status", "ops ran/cached", "parity (min cosine)", "mAP50-95 torch→built", "output"):
+    for col in ("build", "status", "ops ran/cached", "time saved", "parity (min cosine)", "mAP50-95 torch→built",
+                "output"):
         table.add_column(col)
     for m in rows:
         ops = m.get("ops", [])
         ran = sum(o["status"] in ("ran", "handoff") for o in ops)
         cached = sum(o["status"] == "cached" for o in ops)
+        saving = saved(sum(o.get("seconds") or 0.0 for o in ops if o["status"] == "cached")) if cached else "-"
         parity = m.get("parity") or {}
         min_cos = min((v["cosine"] for v in parity.values()), default=None)
         metrics = m.get("metrics") or {}
         acc = "-"
         if metrics.get("built"):
             acc = f"{metrics['pytorch_fp32']['mAP50_95']:.4f} → {metrics['built']['mAP50_95']:.4f}"
-        table.add_row(m.get("build", "?"), m.get("status", "?"), f"{ran}/{cached}",
+        table.add_row(m.get("build", "?"), m.get("status", "?"), f"{ran}/{cached}", saving,
                       f"{min_cos:.6f}" if min_cos is not None else "-", acc, m.get("_dir", ""))
     out.table(table)
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .progress import ignore
+
 
 @dataclass
 class OpContext:
@@ -19,6 +21,9 @@ class OpContext:
     results: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     log_file: Path | None = None   # where a tool's own output goes; kept after the op (build folder logs/)
+    # progress(done, total, what) of per-image work ("eval images"): shown while the op runs, never
+    # part of its result (yolobuild.progress)
+    progress: Callable[[int, int, str], None] = ignore
 
     def __post_init__(self):
         if self.log_file is None:

@@ -51,10 +51,10 @@ def _compile_options(plan) -> dict:
 
 
 class _Search:
-    def __init__(self, config: Mapping, on_op, say: Callable[[str], None]):
+    def __init__(self, config: Mapping, on_op, say: Callable[[str], None], on_event=None):
         from ..toolchains import registry
 
-        self.config, self.on_op, self.say = config, on_op, say
+        self.config, self.on_op, self.say, self.on_event = config, on_op, say, on_event
         self.facts = registry.get(config["backend"]["toolchain"]).accuracy
         self.tries: list[dict] = []
         self.results: list[Any] = []     # BuildResult per try, same order
@@ -68,7 +68,7 @@ class _Search:
         options = _compile_options(plan)
         self.say(f"accuracy try {len(self.tries) + 1}: {label}")
         start = time.monotonic()
-        result = run_build(config, plan, self.on_op)
+        result = run_build(config, plan, self.on_op, self.on_event)
         seconds = round(time.monotonic() - start, 2)
         delta, against = measured_delta(result.manifest)
         ops = result.manifest.get("ops", [])
@@ -105,7 +105,7 @@ def _first_sizes(layers: list[dict], ranked: list[str]) -> int:
     return max(1, sum(1 for name in ranked if key[name] <= worst + 3.0))
 
 
-def run(config: Mapping, plan, on_op=None, say: Callable[[str], None] = print):
+def run(config: Mapping, plan, on_op=None, on_event=None, say: Callable[[str], None] = print):
     """Build `config`; with accuracy.calibration=auto or accuracy.max_drop, search as the module says.
     Returns the engine's BuildResult of the build left in the folder (its manifest carries the tries)."""
     from ..engine.build import run_build
@@ -113,8 +113,8 @@ def run(config: Mapping, plan, on_op=None, say: Callable[[str], None] = print):
     acc = config["accuracy"]
     searching = config["precision"]["calibration"] and (acc["max_drop"] is not None or acc["calibration"] == "auto")
     if not searching:
-        return run_build(config, plan, on_op)
-    s = _Search(config, on_op, say)
+        return run_build(config, plan, on_op, on_event)
+    s = _Search(config, on_op, say, on_event)
     max_tries = int(acc["max_tries"])
     if acc["calibration"] == "auto":
         option = s.facts.calibration_option
@@ -182,7 +182,7 @@ def _finish(s: _Search, best: int | None, bound: float | None, why: str | None):
     elif best != last:   # the best try goes back into the folder (its ops are cached: seconds)
         config, plan, _ = s.results[best]
         s.say(f"accuracy: keeping try {best + 1}")
-        result = run_build(config, plan, s.on_op)
+        result = run_build(config, plan, s.on_op, s.on_event)
     else:
         config, plan, result = s.results[best]
     chosen = s.tries[best] if best is not None else None

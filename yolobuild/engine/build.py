@@ -332,7 +332,9 @@ def refuse_another_configuration(config: Mapping, build_dir: Path) -> None:
                         "remove it or choose another workspace.path")
 
 
-def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None) -> BuildResult:
+def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | None = None,
+              on_event: Callable[[str, OpRecord], None] | None = None) -> BuildResult:
+    """Run the plan and lay out the build folder; `on_op` / `on_event`: see Runner (what a live view shows)."""
     from ..report import render_report
     from ..report_html import render_html
 
@@ -345,7 +347,8 @@ def run_build(config: Mapping, plan: Plan, on_op: Callable[[OpRecord], None] | N
         raise UserError(f"cache.dir: {cache.root} is not writable ({exc.strerror}) (YOLOBUILD_CACHE / cache.dir)") from None
     if (cache.root / "tmp").is_dir():
         cache.clean_abandoned_tmp()   # what a killed build left
-    runner = Runner(cache, _previous_keys(build_dir) or _previous_keys(readable_sibling(build_dir)), on_op)
+    runner = Runner(cache, _previous_keys(build_dir) or _previous_keys(readable_sibling(build_dir)), on_op,
+                    on_event=on_event)
     ex = runner.run(plan)
     if ex.interrupted:
         return BuildResult(plan, build_dir, {}, EXIT_INTERRUPTED, "finished ops stay cached")

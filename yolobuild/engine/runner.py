@@ -22,6 +22,7 @@ from ..plan.ir import Op, Plan, Ref
 from ..toolchains import registry
 from .cache import Cache, Entry, sha256_tree
 from .dispatch import implementation, runs_in_child
+from ..progress import ignore
 
 
 @lru_cache(maxsize=1)
@@ -167,6 +168,10 @@ class OpRecord:
     results: dict[str, Any] = field(default_factory=dict)
     key: dict[str, Any] = field(default_factory=dict)
     log: Path | None = None          # the tool's log for this run, when it wrote one
+    # while it runs, for the live view only (never in the manifest or the cache): when it began
+    # (time.time()) and its latest per-image progress {"done", "total", "what", "at"}
+    began: float | None = None
+    progress: dict[str, Any] | None = None
 
 
 @dataclass
@@ -244,11 +249,15 @@ def max_jobs() -> int:
 
 class Runner:
     def __init__(self, cache: Cache, previous_keys: dict[str, dict] | None = None,
-                 on_op: Callable[[OpRecord], None] | None = None, progress: Callable[[str], None] = print):
+                 on_op: Callable[[OpRecord], None] | None = None, progress: Callable[[str], None] = print,
+                 on_event: Callable[[str, OpRecord], None] | None = None):
+        """`on_op(rec)`: an op finished (ran, cached or failed). `on_event(kind, rec)`: "start" when an op
+        begins to run, "progress" when it reports per-image progress (rec.progress), for a live view."""
         self.cache = cache
         self.progress = progress
         self.previous = previous_keys or {}
         self.on_op = on_op or (lambda rec: None)
+        self.on_event = on_event
         self._report_lock = threading.Lock()
 
     # -- hashing inputs ------------------------------------------------------------------------
@@ -440,6 +449,27 @@ class Runner:
         with self._report_lock:
             self.on_op(rec)
 
+    def _event(self, kind: str, rec: OpRecord) -> None:
+        if self.on_event is None:
+            return
+        try:
+            with self._report_lock:
+                self.on_event(kind, rec)
+        except Exception:   # a view that fails to draw must never fail the build
+            pass
+
+    def _progress_to(self, rec: OpRecord) -> Callable[[int, int, str], None]:
+        """The op's ctx.progress: the figures go on its record and out as a "progress" event (nobody
+        listening: progress.ignore, and an op in another process is handed no progress file to write)."""
+        if self.on_event is None:
+            return ignore
+
+        def progress(done: int, total: int, what: str) -> None:
+            rec.progress = {"done": int(done), "total": int(total), "what": str(what), "at": time.time()}
+            self._event("progress", rec)
+
+        return progress
+
     def _execute(self, op: Op, rec: OpRecord, produced: dict[str, OpRecord]) -> Entry:
         from ..ops import OpContext
 
@@ -451,9 +481,12 @@ class Runner:
                             inputs={k: self._input_path(r, produced, tmp / "inputs" / k) for k, r in op.inputs.items()},
                             outputs={name: out_dir / name for name in op.outputs},
                             scratch=tmp / "scratch",
-                            log_file=self.cache.root / "logs" / f"{op.id}-{rec.fingerprint[:16]}.log")
+                            log_file=self.cache.root / "logs" / f"{op.id}-{rec.fingerprint[:16]}.log",
+                            progress=self._progress_to(rec))
             ctx.scratch.mkdir()
             rec.log = ctx.log_file
+            rec.began = time.time()
+            self._event("start", rec)
             start = time.perf_counter()
             try:
                 implementation(op)(ctx)

@@ -110,13 +110,16 @@ def _category_map(names: list[str], coco: dict) -> tuple[list[int], str]:
 
 
 def _detections(decoded: np.ndarray, probe: dict, cat_ids: list[int], conf: float, iou: float,
-                sizes: dict[int, tuple[float, float]], layout: str = "decoded", meta: dict | None = None) -> list[dict]:
+                sizes: dict[int, tuple[float, float]], layout: str = "decoded", meta: dict | None = None,
+                progress=None, what: str = "eval images") -> list[dict]:
     from ..runtime.decode import final_detections
     from ..runtime.metrics import detections_from_nms
     from ..runtime.preprocess import Letterbox
 
     dets = []
     for i in range(len(decoded)):
+        if progress is not None:
+            progress(i, len(decoded), what)
         rows = final_detections(decoded[i], layout, meta, conf, iou)
         rows = rows[rows[:, 5] < len(cat_ids)] if len(rows) else rows
         if not len(rows):
@@ -132,6 +135,8 @@ def _detections(decoded: np.ndarray, probe: dict, cat_ids: list[int], conf: floa
             rows[:, [0, 2]] = rows[:, [0, 2]].clip(0, w)
             rows[:, [1, 3]] = rows[:, [1, 3]].clip(0, h)
         dets.extend(detections_from_nms(iid, rows, cat_ids))
+    if progress is not None:
+        progress(len(decoded), len(decoded), what)
     return dets
 
 
@@ -164,8 +169,10 @@ def evaluate(ctx: OpContext) -> None:
     sizes = {int(im["id"]): (float(im["height"]), float(im["width"]))
              for im in images if "height" in im and "width" in im}
     conf, iou = float(p["conf_thres"]), float(p["iou_thres"])
-    m_ref = coco_map(_detections(ref, probe, cat_ids, conf, iou, sizes, p["head"], meta), ann_file)
-    m_got = coco_map(_detections(got, probe, cat_ids, conf, iou, sizes, p["head"], meta), ann_file)
+    m_ref = coco_map(_detections(ref, probe, cat_ids, conf, iou, sizes, p["head"], meta, ctx.progress,
+                                 "eval images, PyTorch"), ann_file)
+    m_got = coco_map(_detections(got, probe, cat_ids, conf, iou, sizes, p["head"], meta, ctx.progress,
+                                 "eval images, built"), ann_file)
     metrics = {
         "pytorch_fp32": {k: round(float(v), 6) for k, v in m_ref.items()},
         "built": {k: round(float(v), 6) for k, v in m_got.items()},

@@ -137,6 +137,7 @@ def prepare_inputs(ctx: OpContext) -> None:
     for i, path in enumerate(images):
         canvases[i], box, sizes[i] = load_letterboxed(path, h, w, pad, key)
         boxes[i] = (box.scale, box.pad_x, box.pad_y)
+        ctx.progress(i + 1, len(images), "eval images letterboxed")
     names = []
     for path in images:
         try:
@@ -166,6 +167,7 @@ def calibrate(ctx: OpContext) -> None:
     canvases = np.empty((len(images), h, w, 3), dtype=np.uint8)
     for i, path in enumerate(images):
         canvases[i] = load_letterboxed(path, h, w, pad, key)[0]
+        ctx.progress(i + 1, len(images), "calibration images letterboxed")
     if count > available:
         ctx.log(f"calibrate: {count} images asked for, {available} available; using all")
     save_npz(ctx.outputs["calib.npz"], images=canvases, input_scale=np.asarray(float(p["scale"])))

@@ -26,7 +26,7 @@ def _sub(ctx: OpContext, name: str, params: dict, inputs: dict, outputs: tuple[s
     (root / "scratch").mkdir(parents=True, exist_ok=True)
     return OpContext(op_id=f"{ctx.op_id}.{name}", kind=name, params=params,
                      inputs={k: Path(v) for k, v in inputs.items()}, outputs={o: root / o for o in outputs},
-                     scratch=root / "scratch", log=ctx.log)
+                     scratch=root / "scratch", log=ctx.log, progress=ctx.progress)
 
 
 def _at_least_opset13(path: Path, scratch: Path) -> tuple[Path, int]:

@@ -2,7 +2,8 @@
 
 The canvases are the letterboxed uint8 images prepare_inputs stored; each batch becomes the network
 input with the same canvas_to_input the PyTorch reference used, a short last batch is padded and cut
-back, and outputs.npz keeps the output names in the model's order (check_parity reads it)."""
+back, and outputs.npz keeps the output names in the model's order (check_parity reads it). Each batch
+is reported to `progress` (the op's ctx.progress) as "probe images" done of all."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -14,7 +15,8 @@ from .arrays import canvas_to_input, save_npz
 
 
 def probe_outputs(canvases: np.ndarray, scale: float, batch: int, names: Sequence[str],
-                  infer: Callable[[np.ndarray], Sequence[np.ndarray]], tool: str) -> dict[str, np.ndarray]:
+                  infer: Callable[[np.ndarray], Sequence[np.ndarray]], tool: str,
+                  progress: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
     """name -> outputs stacked over the canvases; `infer(x)` returns one array per name, in order."""
     results: list[list[np.ndarray]] = [[] for _ in names]
     for i in range(0, len(canvases), batch):
@@ -30,6 +32,8 @@ def probe_outputs(canvases: np.ndarray, scale: float, batch: int, names: Sequenc
             raise ToolchainError(f"{tool}: inference failed on probe image {i}: {one_line(exc)}") from None
         for k, out in enumerate(outs):
             results[k].append(np.asarray(out)[:real])
+        if progress is not None:
+            progress(i + real, len(canvases), "probe images")
     return {n: np.concatenate(r, 0) for n, r in zip(names, results)}
 
 

@@ -21,7 +21,8 @@ def _cell(value) -> str:
 
 def _jobs_table(rows: list[dict]) -> str:
     head = ("job", "overrides (those not shared by every job)", "status", "reason", "boxes", "objectness", "class scores", "mAP fp32",
-            "mAP built", "artifact MB", "seconds", "ops ran/cached", "time saved")
+            "mAP built", "artifact MB", "p50 ms", "seconds", "ops ran/cached", "time saved")
+    from ..live import saved
     from .terminal import varying
 
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
@@ -30,8 +31,10 @@ def _jobs_table(rows: list[dict]) -> str:
         size = r["artifact_bytes"] / 1e6 if r.get("artifact_bytes") else None
         cells = (r.get("job"), " ".join(shown), r["status"], r.get("reason"), p.get("boxes"),
                  p.get("objectness"), p.get("class_scores"), r.get("map_fp32"), r.get("map_built"),
-                 None if size is None else f"{size:.2f}", f"{r.get('seconds') or 0.0:.1f}",
-                 f"{r.get('ops_ran', 0)}/{r.get('ops_cached', 0)}", f"{r.get('seconds_saved', 0.0):.1f}s")
+                 None if size is None else f"{size:.2f}",
+                 None if r.get("latency_ms") is None else f"{r['latency_ms']:.2f} ({r.get('latency_runtime')})",
+                 f"{r.get('seconds') or 0.0:.1f}", f"{r.get('ops_ran', 0)}/{r.get('ops_cached', 0)}",
+                 saved(r.get("seconds_saved") or 0.0))
         cls = ' class="failed"' if r["status"] == "failed" else ""
         out.append(f"<tr{cls}>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(out + ["</table>"])
@@ -63,6 +66,8 @@ def _plots(rows: list[dict]) -> list[tuple[str, str | None]]:
     from . import plots
 
     return [("Accuracy against artifact size (per target × precision, Pareto front dashed)", plots.accuracy_vs_size(rows)),
+            ("Accuracy against latency (the benchmark's p50 where the build ran one; Pareto front dashed)",
+             plots.accuracy_vs_latency(rows)),
             ("Parity per output field", plots.parity_bars(rows)),
             ("Ops across jobs: what ran once and was shared", plots.op_timeline(rows))]
 

@@ -22,14 +22,27 @@ def _size(r: dict) -> str:
 
 def accuracy_vs_size(rows: list[dict]) -> str | None:
     """Built mAP50-95 against artifact size, one colour per target × precision, the Pareto front drawn."""
-    usable = [r for r in rows if r.get("map_built") is not None and r.get("artifact_bytes")]
+    return _accuracy_against(rows, lambda r: r["artifact_bytes"] / 1e6 if r.get("artifact_bytes") else None,
+                             "accuracy against artifact size", "artifact size (MB)")
+
+
+def accuracy_vs_latency(rows: list[dict]) -> str | None:
+    """Built mAP50-95 against the benchmark's p50 latency (jobs whose build ran one: host runtimes)."""
+    return _accuracy_against(rows, lambda r: r.get("latency_ms"), "accuracy against latency",
+                             "p50 latency, batch 1 (ms, this machine)")
+
+
+def _accuracy_against(rows: list[dict], cost, title: str, x_label: str) -> str | None:
+    """Built mAP50-95 against a cost (smaller is better), one colour per target × precision, and the
+    Pareto front: the jobs no other job beats on both."""
+    usable = [r for r in rows if r.get("map_built") is not None and cost(r)]
     if not usable:
         return None
-    xs = [r["artifact_bytes"] / 1e6 for r in usable]
+    xs = [cost(r) for r in usable]
     ys = [r["map_built"] for r in usable]
     pad_x, pad_y = (max(xs) - min(xs)) * 0.1 or 0.5, (max(ys) - min(ys)) * 0.15 or 0.01
     chart = Chart(900, 420, (max(0.0, min(xs) - pad_x), max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y),
-                  "accuracy against artifact size", "artifact size (MB)", "built mAP50-95")
+                  title, x_label, "built mAP50-95")
     groups = sorted({(r["target"], r["precision"]) for r in usable})
     colour = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     front = set(pareto_front(list(zip(xs, ys))))

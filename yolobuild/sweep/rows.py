@@ -45,11 +45,23 @@ def artifact_bytes(manifest: dict, build_dir: Path) -> int | None:
     return None
 
 
+def latency(manifest: dict) -> tuple[float | None, str | None]:
+    """The benchmark's p50 latency (ms) and the runtime it was measured on: the target's own runtime
+    where the benchmark timed it (onnxruntime, openvino), else the fastest one that ran."""
+    runtimes = {name: r for name, r in ((manifest.get("benchmark") or {}).get("runtimes") or {}).items()
+                if isinstance(r, dict) and r.get("p50_ms") is not None}
+    if not runtimes:
+        return None, None
+    name = manifest.get("target") if manifest.get("target") in runtimes else min(runtimes, key=lambda n: runtimes[n]["p50_ms"])
+    return float(runtimes[name]["p50_ms"]), name
+
+
 def row_from_manifest(overrides, code: int, manifest: dict, build_dir: Path, started: float | None) -> dict[str, Any]:
     metrics = manifest.get("metrics") or {}
     ops = [{"id": op["id"], "kind": op["kind"], "fingerprint": op.get("fingerprint"), "status": op["status"],
             "seconds": op.get("seconds") or 0.0, "started": op.get("started")} for op in manifest.get("ops", [])]
     failed = [op for op in manifest.get("ops", []) if op["status"] == "failed"]
+    latency_ms, latency_runtime = latency(manifest)
     reason = manifest.get("error") or (failed[0].get("reason") if failed else None)
     return {
         "overrides": list(overrides), "status": manifest.get("status", "failed"),
@@ -60,6 +72,7 @@ def row_from_manifest(overrides, code: int, manifest: dict, build_dir: Path, sta
         "map_fp32": (metrics.get("pytorch_fp32") or {}).get("mAP50_95"),
         "map_built": (metrics.get("built") or {}).get("mAP50_95"),
         "artifact_bytes": artifact_bytes(manifest, build_dir),
+        "latency_ms": latency_ms, "latency_runtime": latency_runtime,
         "started_at": started,
         "seconds": round(sum(op["seconds"] for op in ops if op["status"] != "cached"), 3) if started is None
         else round(time.time() - started, 3),

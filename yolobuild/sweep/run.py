@@ -62,6 +62,34 @@ def _stop_launcher_workers() -> None:
         ray.shutdown()
 
 
+def _job_count(task: list[str], overrides: list[str]) -> int | None:
+    """How many jobs the sweep has, when the overrides say (not when a sweeper such as optuna decides)."""
+    if any(o.lstrip("+").startswith("hydra/sweeper=") for o in overrides):
+        return None
+    from ..compose import expand_sweep
+
+    try:
+        return len(expand_sweep(task))
+    except Exception:   # the jobs themselves report a bad override, one line each
+        return None
+
+
+def _watching(sweep_dir: Path, task: list[str], overrides: list[str], out):
+    """The sweep's live view in a terminal (yolobuild.sweep.watch); elsewhere the jobs' own lines."""
+    from contextlib import nullcontext
+
+    from ..live import terminal_console
+
+    console = terminal_console(getattr(out, "stream", None))
+    if console is None:
+        return None, nullcontext()
+    from ..cli import _has_sweep
+    from .watch import SweepView
+
+    common = [o for o in task if not _has_sweep(o) and "(" not in o]   # every job's, as Hydra hands them on
+    return console, SweepView(sweep_dir, console, _job_count(task, overrides), common)
+
+
 def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:
     from .hydra_app import multirun
     from .terminal import print_table
@@ -75,10 +103,13 @@ def run_sweep(overrides: list[str], config_dirs, allow_env: bool, out) -> int:
     settings = {"config_dirs": [str(Path(d).resolve()) for d in config_dirs], "allow_env": allow_env,
                 "cwd": os.getcwd(), "repo_defaults": repo_defaults}
     out.say(f"sweep: {sweep_dir} ({_launcher(overrides)} launcher)")
+    console, view = _watching(sweep_dir, task, overrides, out)
+    settings["live"] = console is not None   # the jobs then speak through their status files only
     t0 = time.time()
     interrupted = False
     try:
-        returns = multirun(overrides, settings, sweep_dir)
+        with view:
+            returns = multirun(overrides, settings, sweep_dir)
     except KeyboardInterrupt:
         returns, interrupted = [], True
     except UserError:   # no job started (a launcher not installed, say): no sweep folder is left

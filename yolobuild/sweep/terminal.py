@@ -25,6 +25,8 @@ def varying(rows: list[dict]) -> list[list[str]]:
 def print_table(summary: dict, out) -> None:
     from rich.table import Table
 
+    from ..live import saved
+
     table = Table(title=f"yolobuild sweep: {len(summary['jobs'])} jobs, {summary['seconds']:.1f}s "
                         f"({summary['launcher']} launcher)", title_justify="left")
     for col in ("job", "overrides", "status", "ops ran/cached", "time saved", "parity (min cosine)",
@@ -35,7 +37,7 @@ def print_table(summary: dict, out) -> None:
         table.add_row(str(row.get("job", "?")), " ".join(shown),
                       f"[red]{row['status']}[/red]" if failed else row["status"],
                       f"{row.get('ops_ran', 0)}/{row.get('ops_cached', 0)}",
-                      f"{row.get('seconds_saved', 0.0):.1f}s", _min_cosine(row), _accuracy(row),
+                      saved(row.get("seconds_saved") or 0.0) if row.get("ops_cached") else "-", _min_cosine(row), _accuracy(row),
                       f"{row.get('seconds', 0.0):.1f}", (row.get("reason") or "") if failed else (row.get("build_dir") or ""))
     out.table(table)
     out.say(f"sweep: {summary['dir']}")

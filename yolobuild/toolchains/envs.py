@@ -229,4 +229,4 @@ def call_in_env(ctx, env_name: str, function: str, request: dict, timeout: float
     marker = ensure(spec, progress=ctx.log)
     ctx.log_file.parent.mkdir(parents=True, exist_ok=True)
     return call(Path(marker["python"]), function, request, ctx.scratch / "worker", ctx.log_file, timeout,
-                _clean_env(spec.extra_env))
+                _clean_env(spec.extra_env), progress=ctx.progress)

@@ -4,6 +4,8 @@ Host side: `call()` writes request.json, runs `<env python> -m yolobuild.toolcha
 request.json result.json` with a minimal environment and a timeout, captures the worker's log,
 and turns a failure into one line with the tool's own last error lines and the log's path.
 Environment side: `main()` imports the named function, runs it on the request, writes the result.
+Progress: the worker (or a process it starts) calls `yolobuild.progress.report(done, total, what)`,
+which writes the file YOLOBUILD_PROGRESS_FILE names; `call()` polls it and hands it to `progress`.
 Only the standard library is imported at the top: this module runs inside vendor venvs too.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..lifetime import die_with_parent_preexec
+from ..progress import FILE_ENV, FileWatcher, ignore
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the yolobuild package itself
@@ -49,27 +52,54 @@ def _package_only_path(workdir: Path) -> Path:
     return root
 
 
+def _wait(proc: subprocess.Popen, timeout: float, watcher: FileWatcher | None) -> None:
+    """Wait for the worker, passing its progress on twice a second; TimeoutExpired after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            if watcher:
+                watcher.poll()
+            return
+        except subprocess.TimeoutExpired:
+            if watcher:
+                watcher.poll()
+            if time.monotonic() >= deadline:
+                proc.kill()
+                proc.wait()
+                raise
+
+
 def call(python: Path, function: str, request: dict, workdir: Path, log: Path, timeout: float,
-         env: dict[str, str]) -> dict:
-    """Run `function` (a "module:name" in the yolobuild package) inside the environment of `python`."""
+         env: dict[str, str], progress=None) -> dict:
+    """Run `function` (a "module:name" in the yolobuild package) inside the environment of `python`;
+    `progress(done, total, what)` hears what the worker reports while it runs."""
     from ..errors import ToolchainError
 
     workdir.mkdir(parents=True, exist_ok=True)
     req_path, res_path = workdir / "request.json", workdir / "result.json"
     req_path.write_text(json.dumps({**request, "call": function}, indent=1))
     import_path = ":".join(filter(None, [str(_package_only_path(workdir)), env.get("PYTHONPATH")]))
+    watcher = FileWatcher(workdir / "progress.json", progress) if progress not in (None, ignore) else None
     child_env = {**env, "PYTHONPATH": import_path, "PYTHONUNBUFFERED": "1",
                  "PATH": f"{python.parent}:{env.get('PATH', '/usr/bin:/bin')}"}
+    if watcher:
+        child_env[FILE_ENV] = str(watcher.path)
     start = time.time()
     with open(log, "a") as f:
         f.write(f"$ {python} -m yolobuild.toolchains.worker {req_path} ({function})\n")
         f.flush()
+        proc = subprocess.Popen([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
+                                cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env,
+                                preexec_fn=die_with_parent_preexec)
         try:
-            proc = subprocess.run([str(python), "-m", "yolobuild.toolchains.worker", str(req_path), str(res_path)],
-                                  cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=child_env, timeout=timeout,
-                                  preexec_fn=die_with_parent_preexec)
+            _wait(proc, timeout, watcher)
         except subprocess.TimeoutExpired:
             raise ToolchainError(f"{function}: no answer after {timeout:.0f} s; log: {log}") from None
+        except BaseException:   # an interrupt: the worker goes with the build
+            proc.kill()
+            proc.wait()
+            raise
     text = log.read_text(errors="replace")
     log.write_text(strip_ansi(text))
     result = None

@@ -43,10 +43,12 @@ def _input_layout(params: dict) -> str:
 
 
 class _CalibReader:
-    """quantize_static's CalibrationDataReader over the calib.npz canvases, one image per batch."""
+    """quantize_static's CalibrationDataReader over the calib.npz canvases, one image per batch; each
+    batch handed out is reported to `progress` as "calibration images" done of all."""
 
-    def __init__(self, canvases: np.ndarray, input_name: str, scale: float, batch: int):
+    def __init__(self, canvases: np.ndarray, input_name: str, scale: float, batch: int, progress=None):
         self.canvases, self.input_name, self.scale, self.batch = canvases, input_name, scale, batch
+        self.progress = progress
         self.i = 0
 
     def get_next(self):
@@ -55,6 +57,8 @@ class _CalibReader:
         chunk = self.canvases[self.i:self.i + self.batch]
         self.i += self.batch
         x = canvas_to_input(chunk, self.scale)
+        if self.progress is not None:
+            self.progress(min(self.i, len(self.canvases)), len(self.canvases), "calibration images")
         if len(x) < self.batch:  # fixed-batch model: repeat the last image
             x = np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), 0)], 0)
         return {self.input_name: x}
@@ -204,7 +208,7 @@ def quantize(ctx: OpContext, *, symmetric_activations: bool = False, quantize_bi
         extra["CalibPercentile"] = float(opts["percentile"])
     out = Path(ctx.outputs["model.onnx"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    reader = _CalibReader(calib, input_name, float(p.get("scale", 1 / 255.0)), batch)
+    reader = _CalibReader(calib, input_name, float(p.get("scale", 1 / 255.0)), batch, ctx.progress)
     cache = None
     try:
         with quiet():
@@ -273,7 +277,8 @@ def simulate(ctx: OpContext) -> None:
         raise ToolchainError(f"onnxruntime: the model takes {shape[2]}x{shape[3]} input, the probe images are {h}x{w}")
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
     names = [o.name for o in sess.get_outputs()]
-    arrays = probe_outputs(canvases, scale, batch, names, lambda x: sess.run(names, {name: x}), "onnxruntime")
+    arrays = probe_outputs(canvases, scale, batch, names, lambda x: sess.run(names, {name: x}), "onnxruntime",
+                           ctx.progress)
     save_outputs(ctx.outputs["outputs.npz"], names, arrays)
     ctx.results.update({"images": int(len(canvases)), "outputs": {n: list(a.shape) for n, a in arrays.items()}})
 

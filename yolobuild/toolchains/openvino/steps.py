@@ -119,7 +119,7 @@ def _run_probe(ctx: OpContext, xml: Path, weights: Path) -> None:
         request.infer({0: x})
         return [np.array(request.get_output_tensor(k).data) for k in range(len(names))]
 
-    arrays = probe_outputs(canvases, scale, batch, names, infer, "openvino")
+    arrays = probe_outputs(canvases, scale, batch, names, infer, "openvino", ctx.progress)
     save_outputs(ctx.outputs["outputs.npz"], names, arrays)
     ctx.results.update({"images": int(len(canvases)), "device": "CPU", "inference_precision": precision,
                         "outputs_shapes": {n: list(a.shape) for n, a in arrays.items()}})

@@ -109,6 +109,8 @@ def compile_and_simulate(request: dict) -> dict:
 
     import numpy as np
 
+    from ...progress import report
+
     start = time.time()
     (rknn, names), failed = _built(request)
     if failed:
@@ -121,7 +123,8 @@ def compile_and_simulate(request: dict) -> dict:
             raise RuntimeError("rknn.init_runtime (PC simulator) failed")
         images = np.load(request["images"])
         stacked = {n: [] for n in names}
-        for image in images:
+        for done, image in enumerate(images):
+            report(done, len(images), "simulator images")
             outs = rknn.inference(inputs=[image[None]], data_format="nhwc")
             if outs is None or len(outs) != len(names):
                 raise RuntimeError(f"rknn.inference returned {None if outs is None else len(outs)} outputs, "
@@ -129,6 +132,7 @@ def compile_and_simulate(request: dict) -> dict:
             for n, o in zip(names, outs):
                 stacked[n].append(np.asarray(o, dtype=np.float32).reshape(o.shape[1:]) if o.shape[0] == 1
                                   else np.asarray(o, dtype=np.float32))
+        report(len(images), len(images), "simulator images")
         out_dir = Path(request["out_dir"])
         for i, n in enumerate(names):
             np.save(out_dir / f"{i}.npy", np.stack(stacked[n]))

@@ -145,7 +145,7 @@ def simulate(ctx: OpContext) -> None:
             batch = shape[0]
             names = _model_order(engine, ctx.inputs.get("source"))
             arrays = probe_outputs(canvases, scale, batch, names,
-                                   lambda x: [engine.run(x)[n] for n in names], "tensorrt")
+                                   lambda x: [engine.run(x)[n] for n in names], "tensorrt", ctx.progress)
     finally:
         logger.close()
     save_outputs(ctx.outputs["outputs.npz"], names, arrays)

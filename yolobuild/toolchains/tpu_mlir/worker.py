@@ -144,6 +144,8 @@ def _runner_main(spec_path: str) -> int:
     import numpy as np
     import tpu_mlir
 
+    from ...progress import report
+
     sys.path.insert(0, os.path.join(tpu_mlir.package_path, "python"))
     from tools.model_runner import model_inference
 
@@ -152,6 +154,7 @@ def _runner_main(spec_path: str) -> int:
     names, out_dir = spec["names"], Path(spec["out_dir"])
     stacked: dict[str, list] = {n: [] for n in names}
     mapping = None
+    report(0, len(images), "simulator images")
     for i in range(len(images)):
         t = time.time()
         outs = model_inference({spec["input_name"]: np.ascontiguousarray(images[i:i + 1])}, spec["model"],
@@ -161,6 +164,7 @@ def _runner_main(spec_path: str) -> int:
             o = np.asarray(outs[mapping[n]], dtype=np.float32)
             stacked[n].append(o.reshape(o.shape[1:]) if o.shape[:1] == (1,) else o)
         print(f"cmodel image {i + 1}/{len(images)}: {time.time() - t:.1f} s", flush=True)
+        report(i + 1, len(images), "simulator images")
     for i, n in enumerate(names):
         np.save(out_dir / f"{i}.npy", np.stack(stacked[n]))
     (out_dir / "names.json").write_text(json.dumps(mapping))
