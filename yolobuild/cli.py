@@ -284,6 +284,8 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
         mark = {"ran": "ran", "cached": "cached", "handoff": "handoff", "failed": "FAILED"}.get(rec.status, rec.status)
         why = "" if rec.status == "cached" else f"  ({rec.reason})"
         out.say(f"  {rec.op.id:<18} {mark:<8} {rec.seconds:7.2f}s{why}")
+        for warning in (rec.results or {}).get("warnings") or ():   # e.g. the calibration set's checks
+            out.say(f"  warning: {warning}")
 
     if config["model"]["weights"] == "random":
         out.say("WARNING: model.weights=random: random weights — this checks the pipeline, "
@@ -307,6 +309,8 @@ def _cmd_build(config, plan, out) -> tuple[int, dict]:
 def _summary(rows: list[dict], out) -> None:
     from rich.table import Table
 
+    from . import accuracy_figures
+
     table = Table(title="yolobuild summary", title_justify="left")
     for col in ("build", "status", "ops ran/cached", "parity (min cosine)", "mAP50-95 torch→built", "output"):
         table.add_column(col)
@@ -316,10 +320,7 @@ def _summary(rows: list[dict], out) -> None:
         cached = sum(o["status"] == "cached" for o in ops)
         parity = m.get("parity") or {}
         min_cos = min((v["cosine"] for v in parity.values()), default=None)
-        metrics = m.get("metrics") or {}
-        acc = "-"
-        if metrics.get("built"):
-            acc = f"{metrics['pytorch_fp32']['mAP50_95']:.4f} → {metrics['built']['mAP50_95']:.4f}"
+        acc = accuracy_figures.cell(accuracy_figures.accuracy(m))
         table.add_row(m.get("build", "?"), m.get("status", "?"), f"{ran}/{cached}",
                       f"{min_cos:.6f}" if min_cos is not None else "-", acc, m.get("_dir", ""))
     out.table(table)
