@@ -105,17 +105,48 @@ def parity_section(m: dict) -> str:
 
 
 def accuracy_section(m: dict) -> str:
-    metrics = m.get("metrics") or {}
-    if not metrics.get("built"):
+    """mAP against labels, agreement with PyTorch fp32 (no labels), or a hand-off build's int8 preview."""
+    from .accuracy_figures import accuracy
+
+    fig = accuracy(m)
+    if not fig:
         return ""
-    ref, got = metrics["pytorch_fp32"], metrics["built"]
-    plot = bars_svg([("mAP50-95", [("PyTorch fp32", ref["mAP50_95"]), (f"built {m['precision']}", got["mAP50_95"])]),
-                     ("mAP50", [("PyTorch fp32", ref["mAP50"]), (f"built {m['precision']}", got["mAP50"])])],
-                    "", "accuracy")
-    return (f"<h2>Accuracy on {escape(str(metrics.get('images', '?')))} evaluation images</h2>" + plot
-            + _table(["model", "mAP50-95", "mAP50"],
-                     [["PyTorch fp32", _fmt(ref["mAP50_95"]), _fmt(ref["mAP50"])],
-                      [f"built ({m['precision']})", _fmt(got["mAP50_95"]), _fmt(got["mAP50"])]]))
+    metrics = (m.get("metrics") or {}) if fig["kind"] != "preview" else next(
+        o["results"]["preview"]["metrics"] for o in m["ops"] if ((o.get("results") or {}).get("preview") or {}).get("metrics"))
+    agreement = fig["basis"] == "agreement"
+    ref_name = "PyTorch fp32 (itself)" if agreement else "PyTorch fp32"
+    got_name = "int8 preview" if fig["kind"] == "preview" else f"built {m['precision']}"
+    prefix = "agreement " if agreement else ""
+    plot = bars_svg([(f"{prefix}mAP50-95", [(ref_name, fig["fp32"]), (got_name, fig["built"])]),
+                     (f"{prefix}mAP50", [(ref_name, fig["fp32_50"]), (got_name, fig["built_50"])])], "", "accuracy")
+    images = escape(str(metrics.get("images", "?")))
+    title = (f"Agreement with PyTorch fp32 on {images} evaluation images (no labels)" if agreement
+             else f"Accuracy on {images} evaluation images")
+    if fig["kind"] == "preview":
+        title += ": host int8 preview, not the vendor compiler"
+    note = ""
+    if agreement:
+        note = (f"<p>The evaluation images have no annotations: the fp32 PyTorch model's detections scored &ge; "
+                f"{escape(str(metrics.get('agreement_conf')))} ({escape(str(metrics.get('reference_boxes', '?')))} boxes) "
+                "are the ground truth, and each model's mAP against them is its agreement (PyTorch's own is what a "
+                f"perfect build reaches). Delta: {_fmt(fig['delta'], 2)} agreement points.</p>")
+    return (f"<h2>{title}</h2>{note}" + plot
+            + _table(["model", f"{prefix}mAP50-95", f"{prefix}mAP50"],
+                     [[ref_name, _fmt(fig["fp32"]), _fmt(fig["fp32_50"])],
+                      [got_name, _fmt(fig["built"]), _fmt(fig["built_50"])]]))
+
+
+def calibration_section(m: dict) -> str:
+    from .report import calibration_checks
+
+    checks = calibration_checks(m)
+    if not checks:
+        return ""
+    warn = ' class="warn"'
+    rows = "".join(f"<tr{'' if c['ok'] else warn}><td>{escape(c['check'])}</td>"
+                   f"<td>{'ok' if c['ok'] else '<b>warning</b>'}</td><td>{escape(c['detail'])}</td></tr>" for c in checks)
+    return ("<h2>Calibration set</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>"
+            + rows + "</table>")
 
 
 def benchmark_section(m: dict, build_dir: Path) -> str:
@@ -185,6 +216,7 @@ def render_html(m: dict[str, Any], build_dir: Path) -> str:
     parts += ["<h2>Ops</h2>", timeline_svg(m["ops"]),
               _table(["op", "status", "seconds", "why"],
                      [[o["id"], o["status"], _fmt(o["seconds"] or 0.0, 2), o["reason"]] for o in m["ops"]])]
-    parts += [parity_section(m), accuracy_section(m), benchmark_section(m, build_dir), samples_section(build_dir)]
+    parts += [parity_section(m), calibration_section(m), accuracy_section(m), benchmark_section(m, build_dir),
+              samples_section(build_dir)]
     parts += ["<h2>Tools</h2>", _table(["tool", "version"], [[k, v] for k, v in m["tools"].items()]), "</body></html>"]
     return "".join(parts) + "\n"

@@ -154,7 +154,10 @@ def lower(config: Mapping) -> Plan:
     common = {"platform": target["platform"], "precision": prec["name"], "input_layout": target["input_layout"],
               "head": cfg["graph"]["head"], "options": cfg["backend"]["options"], **pre}
     if prec["calibration"]:
-        b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref}, ("calib.npz",))
+        # the evaluation images (never the stand-in shapes) are what the calibration set is checked against
+        against = {"probe": Ref("prepare_inputs", "probe.npz")} if gen or ds["eval"]["images"] else {}
+        b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref, **against},
+              ("calib.npz",))
         if tc.plan.quantize == "separate":
             b.add("quantize", "quantize", common, {"model": model_ref, "calib": Ref("calibrate", "calib.npz")},
                   ("model.onnx",), toolchain=tc_name)
