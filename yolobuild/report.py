@@ -53,6 +53,25 @@ def calibration_md(m: dict[str, Any]) -> list[str]:
                                                    for c in checks])]
 
 
+def side_by_side_results(m: dict[str, Any]) -> dict | None:
+    """The compare_detections op's pairs (ops.side_by_side), None when the build drew none."""
+    return next(((o.get("results") or {}).get("side_by_side") for o in m.get("ops", [])
+                 if o["kind"] == "compare_detections"), None)
+
+
+def side_by_side_md(m: dict[str, Any]) -> list[str]:
+    sbs = side_by_side_results(m)
+    if not sbs or not sbs.get("images"):
+        return []
+    parts = ["", "## PyTorch fp32 and built detections, side by side", "",
+             f"Left PyTorch fp32, right {sbs['built']}, on the first evaluation images (score above "
+             f"{sbs['conf_threshold']}; `{sbs['folder']}/detections.json` lists the boxes).", ""]
+    for im in sbs["images"]:
+        parts.append(f"![{im['source']}: fp32 {im['fp32']} / built {im['built']} detections]"
+                     f"({sbs['folder']}/{im['file']})")
+    return parts
+
+
 def render_report(m: dict[str, Any]) -> str:
     parts = [f"# {m['build']}", "",
              f"Status: **{m['status']}** — recipe `{m['recipe']}`, target `{m['target']}`, precision `{m['precision']}`, "
@@ -70,6 +89,7 @@ def render_report(m: dict[str, Any]) -> str:
             [[k, _fmt(v["cosine"]), _fmt(v["max_abs"])] for k, v in m["parity"].items()])]
     parts += calibration_md(m)
     parts += accuracy_md(m)
+    parts += side_by_side_md(m)
     for o in m["ops"]:  # a hand-off build: the bundle's files, and the host int8 preview (labelled)
         res = o.get("results") or {}
         if res.get("bundle"):

@@ -167,19 +167,10 @@ def benchmark_section(m: dict, build_dir: Path) -> str:
 
 
 def _drawn_jpeg(image: Path, detections: list[dict]) -> str:
-    from PIL import Image, ImageDraw
+    from .deploy.drawing import draw_detections
 
-    palette = [(230, 57, 70), (42, 157, 143), (38, 70, 200), (244, 162, 97), (131, 56, 236)]
-    with Image.open(image) as im:
-        im = im.convert("RGB")
-    pen = ImageDraw.Draw(im)
-    for d in detections:
-        c = palette[d["class"] % len(palette)]
-        pen.rectangle(d["box"], outline=c, width=2)
-        pen.text((d["box"][0] + 2, max(0, d["box"][1] - 11)), f"{d['name']} {d['score']:.2f}", fill=c)
-    im.thumbnail((320, 320))
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)   # photos: a tenth of a PNG's size
+    draw_detections(image, detections).save(buf, format="JPEG", quality=85)   # photos: a tenth of a PNG's size
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -202,6 +193,27 @@ def samples_section(build_dir: Path) -> str:
             "reruns them.</p>" + "".join(figures))
 
 
+def side_by_side_section(m: dict, build_dir: Path) -> str:
+    """PyTorch fp32 and built detections on the same images (the compare_detections op's PNGs, inlined)."""
+    from .report import side_by_side_results
+
+    sbs = side_by_side_results(m)
+    figures = []
+    for im in (sbs or {}).get("images") or []:
+        path = build_dir / sbs["folder"] / im["file"]
+        if not path.is_file():
+            continue
+        data = base64.b64encode(path.read_bytes()).decode()
+        figures.append(f'<figure><img alt="{escape(im["source"])}" src="data:image/png;base64,{data}">'
+                       f'<figcaption>{escape(im["source"])}: {im["fp32"]} detections fp32, {im["built"]} built'
+                       '</figcaption></figure>')
+    if not figures:
+        return ""
+    return (f"<h2>PyTorch fp32 and built detections, side by side</h2><p>Left PyTorch fp32, right "
+            f"{escape(sbs['built'])}, on the first evaluation images (score above {sbs['conf_threshold']}; "
+            f"<code>{escape(sbs['folder'])}/detections.json</code> lists the boxes).</p>" + "".join(figures))
+
+
 def render_html(m: dict[str, Any], build_dir: Path) -> str:
     title = escape(m["build"])
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
@@ -216,7 +228,7 @@ def render_html(m: dict[str, Any], build_dir: Path) -> str:
     parts += ["<h2>Ops</h2>", timeline_svg(m["ops"]),
               _table(["op", "status", "seconds", "why"],
                      [[o["id"], o["status"], _fmt(o["seconds"] or 0.0, 2), o["reason"]] for o in m["ops"]])]
-    parts += [parity_section(m), calibration_section(m), accuracy_section(m), benchmark_section(m, build_dir),
-              samples_section(build_dir)]
+    parts += [parity_section(m), calibration_section(m), accuracy_section(m), side_by_side_section(m, build_dir),
+              benchmark_section(m, build_dir), samples_section(build_dir)]
     parts += ["<h2>Tools</h2>", _table(["tool", "version"], [[k, v] for k, v in m["tools"].items()]), "</body></html>"]
     return "".join(parts) + "\n"

@@ -185,6 +185,12 @@ def lower(config: Mapping) -> Plan:
           {"head": cfg["graph"]["head"], "thresholds": target["parity"][prec["name"]], "count": parity_n},
           {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
            "meta": Ref("load_model", "model.json")}, ("parity.json",), final=("parity.json",))
+    if model["weights"] != "random":   # random weights' boxes say nothing to look at
+        b.add("compare_detections", "compare_detections",
+              {"head": cfg["graph"]["head"], "count": 4, "title": f"built {prec['name']} ({target['name']})"},
+              {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
+               "meta": Ref("load_model", "model.json"), "probe": Ref("prepare_inputs", "probe.npz"),
+               "images": eval_ref}, ("side_by_side",), final=("side_by_side",))
     if evaluating:
         b.add("evaluate", "evaluate", _evaluate_params(cfg, labelled),
               {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
