@@ -29,8 +29,9 @@ def accuracy(manifest: dict) -> dict[str, Any] | None:
         return {"kind": "agreement", "basis": "agreement", "fp32": ref.get("mAP50_95"), "built": m["agreement_mAP50_95"],
                 "fp32_50": ref.get("mAP50"), "built_50": m.get("agreement_mAP50"), "delta": m.get("delta_agreement")}
     if m.get("built"):
-        return {"kind": "labels", "basis": "labels", "fp32": m["pytorch_fp32"]["mAP50_95"], "built": m["built"]["mAP50_95"],
-                "fp32_50": m["pytorch_fp32"]["mAP50"], "built_50": m["built"]["mAP50"], "delta": m.get("delta_mAP50_95")}
+        ref, got = m.get("pytorch_fp32") or {}, m["built"]
+        return {"kind": "labels", "basis": "labels", "fp32": ref.get("mAP50_95"), "built": got.get("mAP50_95"),
+                "fp32_50": ref.get("mAP50"), "built_50": got.get("mAP50"), "delta": m.get("delta_mAP50_95")}
     pm = _preview(manifest)
     if pm:
         agreement = pm.get("kind") == "agreement"
