@@ -134,6 +134,21 @@ def test_va1_int8_preview_is_labelled_and_measured(va1):
     assert "preview, not the vendor compiler" in (d / "report.md").read_text()
 
 
+def test_va1_int8_preview_shows_in_the_summaries_labelled(va1):
+    """A hand-off build has no compiled model to score: the tables show its host preview, saying so."""
+    from yolobuild.sweep.rows import row_from_manifest
+    from yolobuild.sweep.terminal import _accuracy
+
+    d, out = va1
+    m = manifest(d)
+    pm = {o["id"]: o for o in m["ops"]}["preview"]["results"]["preview"]["metrics"]
+    cell = f"{pm['pytorch_fp32']['mAP50_95']:.4f} → {pm['preview_int8']['mAP50_95']:.4f} (preview)"
+    assert cell in out
+    row = row_from_manifest(["target=va1"], 0, m, d, None)
+    assert row["accuracy_kind"] == "preview (labels)" and _accuracy(row) == cell
+    assert "host int8 preview, not the vendor compiler" in (d / "report.html").read_text()
+
+
 def test_va1_run_sh_with_a_fake_vamc(va1, tmp_path):
     d, _ = va1
     r, calls = run_bundle(d / "handoff", tmp_path, path_bins=True)

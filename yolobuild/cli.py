@@ -315,6 +315,7 @@ def _summary(rows: list[dict], out) -> None:
     from rich.table import Table
 
     from .live import saved
+    from . import accuracy_figures
 
     table = Table(title="yolobuild summary", title_justify="left")
     for col in ("build", "status", "ops ran/cached", "time saved", "parity (min cosine)", "mAP50-95 torch→built",
@@ -327,10 +328,7 @@ def _summary(rows: list[dict], out) -> None:
         saving = saved(sum(o.get("seconds") or 0.0 for o in ops if o["status"] == "cached")) if cached else "-"
         parity = m.get("parity") or {}
         min_cos = min((v["cosine"] for v in parity.values()), default=None)
-        metrics = m.get("metrics") or {}
-        acc = "-"
-        if metrics.get("built"):
-            acc = f"{metrics['pytorch_fp32']['mAP50_95']:.4f} → {metrics['built']['mAP50_95']:.4f}"
+        acc = accuracy_figures.cell(accuracy_figures.accuracy(m))
         table.add_row(m.get("build", "?"), m.get("status", "?"), f"{ran}/{cached}", saving,
                       f"{min_cos:.6f}" if min_cos is not None else "-", acc, m.get("_dir", ""))
     out.table(table)

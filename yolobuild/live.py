@@ -102,6 +102,8 @@ class BuildView:
             self._last_line.pop(rec.op.id, None)
             self.finished += 1
             self._print(op_line(rec))
+            for warning in (rec.results or {}).get("warnings") or ():   # e.g. the calibration set's checks
+                self._print(f"  warning: {warning}")
 
     def on_event(self, kind: str, rec) -> None:
         with self._lock:

@@ -105,17 +105,48 @@ def parity_section(m: dict) -> str:
 
 
 def accuracy_section(m: dict) -> str:
-    metrics = m.get("metrics") or {}
-    if not metrics.get("built"):
+    """mAP against labels, agreement with PyTorch fp32 (no labels), or a hand-off build's int8 preview."""
+    from .accuracy_figures import accuracy
+
+    fig = accuracy(m)
+    if not fig:
         return ""
-    ref, got = metrics["pytorch_fp32"], metrics["built"]
-    plot = bars_svg([("mAP50-95", [("PyTorch fp32", ref["mAP50_95"]), (f"built {m['precision']}", got["mAP50_95"])]),
-                     ("mAP50", [("PyTorch fp32", ref["mAP50"]), (f"built {m['precision']}", got["mAP50"])])],
-                    "", "accuracy")
-    return (f"<h2>Accuracy on {escape(str(metrics.get('images', '?')))} evaluation images</h2>" + plot
-            + _table(["model", "mAP50-95", "mAP50"],
-                     [["PyTorch fp32", _fmt(ref["mAP50_95"]), _fmt(ref["mAP50"])],
-                      [f"built ({m['precision']})", _fmt(got["mAP50_95"]), _fmt(got["mAP50"])]]))
+    metrics = (m.get("metrics") or {}) if fig["kind"] != "preview" else next(
+        o["results"]["preview"]["metrics"] for o in m["ops"] if ((o.get("results") or {}).get("preview") or {}).get("metrics"))
+    agreement = fig["basis"] == "agreement"
+    ref_name = "PyTorch fp32 (itself)" if agreement else "PyTorch fp32"
+    got_name = "int8 preview" if fig["kind"] == "preview" else f"built {m['precision']}"
+    prefix = "agreement " if agreement else ""
+    plot = bars_svg([(f"{prefix}mAP50-95", [(ref_name, fig["fp32"]), (got_name, fig["built"])]),
+                     (f"{prefix}mAP50", [(ref_name, fig["fp32_50"]), (got_name, fig["built_50"])])], "", "accuracy")
+    images = escape(str(metrics.get("images", "?")))
+    title = (f"Agreement with PyTorch fp32 on {images} evaluation images (no labels)" if agreement
+             else f"Accuracy on {images} evaluation images")
+    if fig["kind"] == "preview":
+        title += ": host int8 preview, not the vendor compiler"
+    note = ""
+    if agreement:
+        note = (f"<p>The evaluation images have no annotations: the fp32 PyTorch model's detections scored &ge; "
+                f"{escape(str(metrics.get('agreement_conf')))} ({escape(str(metrics.get('reference_boxes', '?')))} boxes) "
+                "are the ground truth, and each model's mAP against them is its agreement (PyTorch's own is what a "
+                f"perfect build reaches). Delta: {_fmt(fig['delta'], 2)} agreement points.</p>")
+    return (f"<h2>{title}</h2>{note}" + plot
+            + _table(["model", f"{prefix}mAP50-95", f"{prefix}mAP50"],
+                     [[ref_name, _fmt(fig["fp32"]), _fmt(fig["fp32_50"])],
+                      [got_name, _fmt(fig["built"]), _fmt(fig["built_50"])]]))
+
+
+def calibration_section(m: dict) -> str:
+    from .report import calibration_checks
+
+    checks = calibration_checks(m)
+    if not checks:
+        return ""
+    warn = ' class="warn"'
+    rows = "".join(f"<tr{'' if c['ok'] else warn}><td>{escape(c['check'])}</td>"
+                   f"<td>{'ok' if c['ok'] else '<b>warning</b>'}</td><td>{escape(c['detail'])}</td></tr>" for c in checks)
+    return ("<h2>Calibration set</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>"
+            + rows + "</table>")
 
 
 def benchmark_section(m: dict, build_dir: Path) -> str:
@@ -136,19 +167,10 @@ def benchmark_section(m: dict, build_dir: Path) -> str:
 
 
 def _drawn_jpeg(image: Path, detections: list[dict]) -> str:
-    from PIL import Image, ImageDraw
+    from .deploy.drawing import draw_detections
 
-    palette = [(230, 57, 70), (42, 157, 143), (38, 70, 200), (244, 162, 97), (131, 56, 236)]
-    with Image.open(image) as im:
-        im = im.convert("RGB")
-    pen = ImageDraw.Draw(im)
-    for d in detections:
-        c = palette[d["class"] % len(palette)]
-        pen.rectangle(d["box"], outline=c, width=2)
-        pen.text((d["box"][0] + 2, max(0, d["box"][1] - 11)), f"{d['name']} {d['score']:.2f}", fill=c)
-    im.thumbnail((320, 320))
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85)   # photos: a tenth of a PNG's size
+    draw_detections(image, detections).save(buf, format="JPEG", quality=85)   # photos: a tenth of a PNG's size
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -195,6 +217,27 @@ def layers_section(m: dict) -> str:
     return "".join(parts)
 
 
+def side_by_side_section(m: dict, build_dir: Path) -> str:
+    """PyTorch fp32 and built detections on the same images (the compare_detections op's PNGs, inlined)."""
+    from .report import side_by_side_results
+
+    sbs = side_by_side_results(m)
+    figures = []
+    for im in (sbs or {}).get("images") or []:
+        path = build_dir / sbs["folder"] / im["file"]
+        if not path.is_file():
+            continue
+        data = base64.b64encode(path.read_bytes()).decode()
+        figures.append(f'<figure><img alt="{escape(im["source"])}" src="data:image/png;base64,{data}">'
+                       f'<figcaption>{escape(im["source"])}: {im["fp32"]} detections fp32, {im["built"]} built'
+                       '</figcaption></figure>')
+    if not figures:
+        return ""
+    return (f"<h2>PyTorch fp32 and built detections, side by side</h2><p>Left PyTorch fp32, right "
+            f"{escape(sbs['built'])}, on the first evaluation images (score above {sbs['conf_threshold']}; "
+            f"<code>{escape(sbs['folder'])}/detections.json</code> lists the boxes).</p>" + "".join(figures))
+
+
 def render_html(m: dict[str, Any], build_dir: Path) -> str:
     title = escape(m["build"])
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
@@ -209,7 +252,7 @@ def render_html(m: dict[str, Any], build_dir: Path) -> str:
     parts += ["<h2>Ops</h2>", timeline_svg(m["ops"]),
               _table(["op", "status", "seconds", "why"],
                      [[o["id"], o["status"], _fmt(o["seconds"] or 0.0, 2), o["reason"]] for o in m["ops"]])]
-    parts += [parity_section(m), accuracy_section(m), layers_section(m), benchmark_section(m, build_dir),
-              samples_section(build_dir)]
+    parts += [parity_section(m), calibration_section(m), accuracy_section(m), layers_section(m),
+              side_by_side_section(m, build_dir), benchmark_section(m, build_dir), samples_section(build_dir)]
     parts += ["<h2>Tools</h2>", _table(["tool", "version"], [[k, v] for k, v in m["tools"].items()]), "</body></html>"]
     return "".join(parts) + "\n"

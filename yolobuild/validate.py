@@ -141,9 +141,9 @@ def _rule_calibration_images(c: dict) -> list[tuple[str, str]]:
 def _rule_eval_pair(c: dict) -> list[tuple[str, str]]:
     ev = c["dataset"]["eval"]
     out = []
-    if bool(ev["images"]) != bool(ev["annotations"]):
-        missing = "dataset.eval.annotations" if ev["images"] else "dataset.eval.images"
-        out.append((missing, "missing; dataset.eval.images (folder) and dataset.eval.annotations (COCO json) go together"))
+    if ev["annotations"] and not ev["images"]:   # images alone are scored by agreement with PyTorch fp32
+        out.append(("dataset.eval.images", "missing; dataset.eval.annotations (COCO json) needs the images it "
+                                           "describes (dataset.eval.images, a folder)"))
     for key in ("images", "annotations"):
         if ev[key] and not Path(ev[key]).expanduser().exists():
             out.append((f"dataset.eval.{key}", f"{ev[key]!r} does not exist"))

@@ -57,14 +57,29 @@ def tolerance_for(expected: list[dict], conf: float) -> dict:
     return {**TOLERANCE, "threshold_margin": round(min(TOLERANCE["threshold_margin"], (max(scores) - conf) / 4), 8)}
 
 
+def image_detections(rows: np.ndarray, letterbox_row, hw: tuple[int, int], meta: dict, conf: float,
+                     head: str = "decoded") -> list[dict]:
+    """One image's decoded (or top-k) rows -> [{"class", "name", "score", "box" (x1, y1, x2, y2 in image pixels)}]."""
+    from ..runtime.decode import final_detections
+    from ..runtime.preprocess import Letterbox
+
+    dets = final_detections(rows, head, meta, conf, DEPLOY_IOU, MAX_DET)
+    s, px, py = (float(v) for v in letterbox_row)
+    h, w = hw
+    boxes = Letterbox(scale=s, pad_x=px, pad_y=py).to_image(dets[:, :4]) if len(dets) else dets[:, :4]
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return [{"class": int(c), "name": meta["names"][int(c)], "score": round(float(sc), 6),
+             "box": [round(float(v), 3) for v in box]} for box, sc, c in zip(boxes, dets[:, 4], dets[:, 5])]
+
+
 def write_samples(outputs_npz: Path, probe_npz: Path, images: Path, meta: dict, head: str, out: Path,
                   random: bool) -> tuple[dict, dict, dict]:
     """Copy up to COUNT probe images into out/; return (expected.json content, postprocess settings, tolerance)."""
     from ..ops.check import built_outputs
     from ..ops.inputs import resolve_image_set
     from ..runtime.arrays import load_npz
-    from ..runtime.decode import TOPK, final_detections, nms_input, to_decoded
-    from ..runtime.preprocess import Letterbox
+    from ..runtime.decode import TOPK, nms_input, to_decoded
 
     _, arrays = built_outputs(outputs_npz)
     decoded = to_decoded(arrays, head, meta)
@@ -79,16 +94,9 @@ def write_samples(outputs_npz: Path, probe_npz: Path, images: Path, meta: dict, 
         src = _source_path(str(probe["file_names"][i]), root)
         name = f"{i:02d}_{src.name}"
         shutil.copyfile(src, out / name)
-        dets = final_detections(decoded[i], head, meta, conf, DEPLOY_IOU, MAX_DET)
-        s, px, py = (float(v) for v in probe["letterbox"][i])
         h, w = (int(v) for v in probe["image_hw"][i])
-        boxes = Letterbox(scale=s, pad_x=px, pad_y=py).to_image(dets[:, :4]) if len(dets) else dets[:, :4]
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        entries.append({"file": name, "width": w, "height": h, "detections": [
-            {"class": int(c), "name": meta["names"][int(c)], "score": round(float(sc), 6),
-             "box": [round(float(v), 3) for v in box]}
-            for box, sc, c in zip(boxes, dets[:, 4], dets[:, 5])]})
+        entries.append({"file": name, "width": w, "height": h,
+                        "detections": image_detections(decoded[i], probe["letterbox"][i], (h, w), meta, conf, head)})
     post = {"conf_threshold": conf, "iou_threshold": DEPLOY_IOU, "max_det": MAX_DET, "class_aware": True,
             "score": "class score" if meta.get("head_kind") == "anchor_free" else "objectness * class score",
             **({"note": "random weights: the threshold keeps a few boxes an image so the samples can be checked"}

@@ -53,6 +53,10 @@ OP_KINDS: dict[str, OpKind] = {
     "evaluate": OpKind("yolobuild.ops.check:evaluate", 1, ("numpy", "faster-coco-eval"), CHECKS),
     "package": OpKind("yolobuild.ops.package:package", 2, ("numpy", "pillow"),
                       ("ops/package.py", "ops/export.py", "ops/check.py", "ops/inputs.py", "runtime", "deploy")),
+    # the report's pairs: PyTorch fp32 and built detections drawn on a few evaluation images
+    "compare_detections": OpKind("yolobuild.ops.side_by_side:compare_detections", 1, ("numpy", "pillow"),
+                                 ("ops/side_by_side.py", "deploy/drawing.py", "deploy/samples.py") + CHECKS,
+                                 own_process=True),
     # timing, cached like any result of the artifact and these tools (`yolobuild benchmark DIR` times afresh)
     "benchmark": OpKind("yolobuild.ops.benchmark:benchmark", 1, ("onnxruntime", "openvino"),
                         ("ops/benchmark.py", "deploy")),

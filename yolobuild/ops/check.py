@@ -1,4 +1,5 @@
-"""Numeric checks of a built model: per-field parity with PyTorch, and COCO mAP of both."""
+"""Numeric checks of a built model: per-field parity with PyTorch, and COCO mAP of both (against labels, or
+against the fp32 PyTorch model's own detections where the evaluation images have none)."""
 from __future__ import annotations
 
 import json
@@ -140,7 +141,24 @@ def _detections(decoded: np.ndarray, probe: dict, cat_ids: list[int], conf: floa
     return dets
 
 
+def _subset_file(coco: dict, ids: set[int], path: Path) -> Path:
+    """The annotations of the images that were run: unseen images must not count as misses."""
+    subset = dict(coco)
+    subset["images"] = [im for im in coco["images"] if int(im["id"]) in ids]
+    subset["annotations"] = [a for a in coco.get("annotations", []) if int(a["image_id"]) in ids]
+    subset.setdefault("categories", [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(subset))
+    return path
+
+
+def _scores(m: dict) -> dict:
+    return {k: round(float(v), 6) for k, v in m.items()}
+
+
 def evaluate(ctx: OpContext) -> None:
+    """COCO mAP of PyTorch fp32 and the built model: against the annotations when there are any
+    ("kind": "labels"), else against the fp32 PyTorch model's own detections ("kind": "agreement")."""
     from ..runtime.metrics import coco_map
 
     p = ctx.params
@@ -150,35 +168,73 @@ def evaluate(ctx: OpContext) -> None:
     n = len(probe["images"])
     if len(ref) != n or len(got) != n:
         raise ToolchainError(f"evaluate: {n} probe images but {len(ref)} reference and {len(got)} built outputs")
-    coco = read_coco(ctx.inputs["annotations"])
-    ids = {int(i) for i in probe["image_ids"].tolist()}
-    images = [im for im in coco["images"] if int(im["id"]) in ids]
-    if not images:
-        raise UserError(f"dataset.eval.annotations: {ctx.inputs['annotations']} describes none of the probe images")
-    # score only the images that were run: a subset file keeps unseen images from counting as misses
-    subset = dict(coco)
-    subset["images"] = images
-    subset["annotations"] = [a for a in coco.get("annotations", []) if int(a["image_id"]) in ids]
-    subset.setdefault("categories", [])
-    ann_file = Path(ctx.scratch) / "annotations.eval.json"
-    ann_file.parent.mkdir(parents=True, exist_ok=True)
-    ann_file.write_text(json.dumps(subset))
-    cat_ids, mapping = _category_map(meta.get("names") or [], coco)
-    if not cat_ids:
-        raise UserError(f"dataset.eval.annotations: {ctx.inputs['annotations']} has no categories")
-    sizes = {int(im["id"]): (float(im["height"]), float(im["width"]))
-             for im in images if "height" in im and "width" in im}
     conf, iou = float(p["conf_thres"]), float(p["iou_thres"])
-    m_ref = coco_map(_detections(ref, probe, cat_ids, conf, iou, sizes, p["head"], meta, ctx.progress,
-                                 "eval images, PyTorch"), ann_file)
-    m_got = coco_map(_detections(got, probe, cat_ids, conf, iou, sizes, p["head"], meta, ctx.progress,
-                                 "eval images, built"), ann_file)
-    metrics = {
-        "pytorch_fp32": {k: round(float(v), 6) for k, v in m_ref.items()},
-        "built": {k: round(float(v), 6) for k, v in m_got.items()},
-        "delta_mAP50_95": round((m_got["mAP50_95"] - m_ref["mAP50_95"]) * 100.0, 4),
-        "images": n,
-    }
+    head = p["head"]
+    if "annotations" not in ctx.inputs:
+        metrics = _agreement(ctx, meta, probe, ref, got, conf, iou)
+    else:
+        coco = read_coco(ctx.inputs["annotations"])
+        ids = {int(i) for i in probe["image_ids"].tolist()}
+        images = [im for im in coco["images"] if int(im["id"]) in ids]
+        if not images:
+            raise UserError(f"dataset.eval.annotations: {ctx.inputs['annotations']} describes none of the probe images")
+        ann_file = _subset_file(coco, ids, Path(ctx.scratch) / "annotations.eval.json")
+        cat_ids, mapping = _category_map(meta.get("names") or [], coco)
+        if not cat_ids:
+            raise UserError(f"dataset.eval.annotations: {ctx.inputs['annotations']} has no categories")
+        sizes = {int(im["id"]): (float(im["height"]), float(im["width"]))
+                 for im in images if "height" in im and "width" in im}
+        m_ref = coco_map(_detections(ref, probe, cat_ids, conf, iou, sizes, head, meta, ctx.progress,
+                                     "eval images, PyTorch"), ann_file)
+        m_got = coco_map(_detections(got, probe, cat_ids, conf, iou, sizes, head, meta, ctx.progress,
+                                     "eval images, built"), ann_file)
+        metrics = {
+            "kind": "labels",
+            "pytorch_fp32": _scores(m_ref),
+            "built": _scores(m_got),
+            "delta_mAP50_95": round((m_got["mAP50_95"] - m_ref["mAP50_95"]) * 100.0, 4),
+            "images": n,
+        }
+        ctx.results["category_mapping"] = mapping
     ctx.outputs["metrics.json"].write_text(json.dumps(metrics, indent=2) + "\n")
     ctx.results["metrics"] = metrics
-    ctx.results["category_mapping"] = mapping
+
+
+def _agreement(ctx: OpContext, meta: dict, probe: dict, ref, got, conf: float, iou: float) -> dict:
+    """No labels: the fp32 PyTorch model's detections scored at least `agreement_conf` are the ground
+    truth. The built model's mAP against them is its agreement; PyTorch's own (about 1.0, not exactly:
+    COCO's 100-detection cap and its boxes scored below the bar) is what a perfect build reaches."""
+    from ..runtime.metrics import coco_map
+
+    names = meta.get("names") or []
+    cat_ids = list(range(len(names)))
+    bar = float(ctx.params["agreement_conf"])
+    head = ctx.params["head"]
+    pseudo = _detections(ref, probe, cat_ids, bar, iou, {}, head, meta)
+    if not pseudo:
+        raise UserError(f"evaluate.agreement_conf: the fp32 PyTorch model detects nothing scored >= {bar} in the "
+                        f"{len(probe['images'])} images of dataset.eval.images, so there is nothing to agree with; "
+                        "lower it or give dataset.eval.annotations")
+    hw = probe["image_hw"]
+    coco = {"images": [{"id": int(i), "height": int(h), "width": int(w), "file_name": str(f)}
+                       for i, (h, w), f in zip(probe["image_ids"].tolist(), hw.tolist(), probe["file_names"].tolist())],
+            "annotations": [{"id": k + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": d["bbox"],
+                             "area": d["bbox"][2] * d["bbox"][3], "iscrowd": 0} for k, d in enumerate(pseudo)],
+            "categories": [{"id": k, "name": str(n)} for k, n in enumerate(names)]}
+    ann_file = Path(ctx.scratch) / "agreement.json"
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
+    ann_file.write_text(json.dumps(coco))
+    m_ref = coco_map(_detections(ref, probe, cat_ids, conf, iou, {}, head, meta, ctx.progress,
+                                 "eval images, PyTorch"), ann_file)
+    m_got = coco_map(_detections(got, probe, cat_ids, conf, iou, {}, head, meta, ctx.progress,
+                                 "eval images, built"), ann_file)
+    return {
+        "kind": "agreement",
+        "agreement_mAP50_95": round(float(m_got["mAP50_95"]), 6),
+        "agreement_mAP50": round(float(m_got["mAP50"]), 6),
+        "fp32_self_agreement": _scores(m_ref),
+        "delta_agreement": round((m_got["mAP50_95"] - m_ref["mAP50_95"]) * 100.0, 4),
+        "agreement_conf": bar,
+        "reference_boxes": len(pseudo),
+        "images": len(probe["images"]),
+    }

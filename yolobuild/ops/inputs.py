@@ -152,10 +152,15 @@ def prepare_inputs(ctx: OpContext) -> None:
 
 
 def calibrate(ctx: OpContext) -> None:
+    """The calibration canvases (calib.npz), letterboxed as the probe images are, and the set's checks
+    (runtime.calibration_checks): each failed one a warning line, all of them in results["checks"]."""
+    from ..runtime import calibration_checks as checks
+    from ..runtime.preprocess import letterbox, load_rgb
+
     p = ctx.params
     _check_preprocess(p)
     key = "dataset.calib.path"
-    images, _, _ = resolve_image_set(ctx.inputs["images"], key)
+    images, _, root = resolve_image_set(ctx.inputs["images"], key)
     count = int(p["count"])
     if not images:
         raise UserError(f"{key}: {ctx.inputs['images']} holds no images; the calibration set is empty")
@@ -165,10 +170,35 @@ def calibrate(ctx: OpContext) -> None:
     images = images[:count]
     h, w, pad = int(p["height"]), int(p["width"]), int(p["pad_value"])
     canvases = np.empty((len(images), h, w, 3), dtype=np.uint8)
+    boxes = np.empty((len(images), 3), dtype=np.float32)
+    sizes, bands = [], []
     for i, path in enumerate(images):
-        canvases[i] = load_letterboxed(path, h, w, pad, key)[0]
+        try:
+            rgb = load_rgb(path)
+        except ValueError as exc:
+            raise UserError(f"{key}: {exc}") from None
+        canvases[i], box = letterbox(rgb, h, w, pad)
+        boxes[i] = (box.scale, box.pad_x, box.pad_y)
+        sizes.append(rgb.shape[:2])
+        bands.append(checks.uniform_bands(rgb))
         ctx.progress(i + 1, len(images), "calibration images letterboxed")
-    if count > available:
-        ctx.log(f"calibrate: {count} images asked for, {available} available; using all")
+    names = [_relative(path, root) for path in images]
+    found = [checks.count_check(len(images), count, available),
+             checks.duplicate_check(canvases, names)]
+    eval_sizes = None
+    if "probe" in ctx.inputs:   # the evaluation images the build checks: the set calibration should look like
+        probe = load_npz(ctx.inputs["probe"])
+        eval_sizes = [tuple(int(v) for v in hw) for hw in probe["image_hw"]]
+        found.append(checks.statistics_check((canvases, boxes, np.asarray(sizes)),
+                                             (probe["images"], probe["letterbox"], probe["image_hw"])))
+    found += checks.letterbox_check(bands, sizes, pad, h, w, eval_sizes)
     save_npz(ctx.outputs["calib.npz"], images=canvases, input_scale=np.asarray(float(p["scale"])))
-    ctx.results.update({"images": len(images), "requested": count})
+    ctx.results.update({"images": len(images), "requested": count, "checks": found,
+                        "warnings": [c["detail"] for c in found if not c["ok"]]})
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

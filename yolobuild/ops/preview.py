@@ -72,14 +72,19 @@ def preview(ctx: OpContext) -> None:
     if threshold is not None:
         out["target_threshold"] = float(threshold)
         out["below_threshold"] = sorted(k for k, v in parity.items() if not v["cosine"] >= float(threshold))
-    if p.get("evaluate") and "annotations" in ctx.inputs:
-        ev = _sub(ctx, "evaluate", {"head": p["head"], "conf_thres": p["conf_thres"], "iou_thres": p["iou_thres"]},
+    if p.get("evaluate"):   # against the labels, or (none) by agreement with PyTorch fp32, as evaluate does
+        ev = _sub(ctx, "evaluate", {k: p[k] for k in ("head", "conf_thres", "iou_thres", "agreement_conf") if k in p},
                   {"outputs": sim.outputs["outputs.npz"], "reference": ctx.inputs["reference"],
                    "meta": ctx.inputs["meta"], "probe": ctx.inputs["probe"],
-                   "annotations": ctx.inputs["annotations"]}, ("metrics.json",))
+                   **({"annotations": ctx.inputs["annotations"]} if "annotations" in ctx.inputs else {})},
+                  ("metrics.json",))
         evaluate(ev)
         m = ev.results["metrics"]
-        out["metrics"] = {"pytorch_fp32": m["pytorch_fp32"], "preview_int8": m["built"],
-                          "delta_mAP50_95": m["delta_mAP50_95"], "images": m["images"]}
+        if m["kind"] == "labels":
+            out["metrics"] = {"kind": "labels", "pytorch_fp32": m["pytorch_fp32"], "preview_int8": m["built"],
+                              "delta_mAP50_95": m["delta_mAP50_95"], "images": m["images"]}
+        else:
+            out["metrics"] = {**m, "preview_int8": {"mAP50_95": m["agreement_mAP50_95"],
+                                                    "mAP50": m["agreement_mAP50"]}}
     ctx.outputs["preview.json"].write_text(json.dumps(out, indent=2) + "\n")
     ctx.results["preview"] = out

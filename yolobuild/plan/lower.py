@@ -67,10 +67,14 @@ def lower(config: Mapping) -> Plan:
     gen = ds["generator"]
     parity_n = cfg["check"]["parity_images"]
     notes = []
-    evaluating = bool(cfg["evaluate"]["enabled"] and (gen or ds["eval"]["annotations"]))
+    # labels: a generated set or annotations; without them, an eval folder is scored by agreement with
+    # the fp32 PyTorch model's own detections (ops.check.evaluate)
+    labelled = bool(gen or ds["eval"]["annotations"])
+    evaluating = bool(cfg["evaluate"]["enabled"] and (labelled or ds["eval"]["images"]))
     if evaluating and model["weights"] == "random":
         evaluating = False
-        notes.append("evaluate skipped: random weights detect nothing worth a mAP")
+        notes.append("evaluate skipped: random weights detect nothing worth a mAP"
+                     + ("" if labelled else " or an agreement figure"))
     if evaluating and gen and model["names"] != ds["classes"]:
         evaluating = False
         notes.append(f"evaluate skipped: the model's classes ({model['nc']}) are not the {ds['name']} set's "
@@ -154,7 +158,10 @@ def lower(config: Mapping) -> Plan:
     common = {"platform": target["platform"], "precision": prec["name"], "input_layout": target["input_layout"],
               "head": cfg["graph"]["head"], "options": options, **pre}
     if prec["calibration"]:
-        b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref}, ("calib.npz",))
+        # the evaluation images (never the stand-in shapes) are what the calibration set is checked against
+        against = {"probe": Ref("prepare_inputs", "probe.npz")} if gen or ds["eval"]["images"] else {}
+        b.add("calibrate", "calibrate", {**pre, "count": ds["calib"]["count"]}, {"images": calib_ref, **against},
+              ("calib.npz",))
         if tc.plan.quantize == "separate":
             b.add("quantize", "quantize", common, {"model": model_ref, "calib": Ref("calibrate", "calib.npz")},
                   ("model.onnx",), toolchain=tc_name)
@@ -163,7 +170,7 @@ def lower(config: Mapping) -> Plan:
     if prec["calibration"] and tc.plan.quantize != "separate":
         compile_inputs["calib"] = Ref("calibrate", "calib.npz")
     if tc.plan.handoff:  # a bundle for the vendor's docker (the shared hand-off mechanism), and a host int8 preview
-        _lower_handoff(b, cfg, tc_name, common, onnx_ref, evaluating, annotations_ref)
+        _lower_handoff(b, cfg, tc_name, common, onnx_ref, evaluating, annotations_ref, labelled)
         return Plan(name=build_name(cfg), ops=tuple(b.ops), status_if_done="handoff", notes=tuple(notes))
     if tc.plan.simulate == "in_compile":
         compile_inputs["probe"] = Ref("prepare_inputs", "probe.npz")
@@ -190,14 +197,17 @@ def lower(config: Mapping) -> Plan:
           {"head": cfg["graph"]["head"], "thresholds": target["parity"][prec["name"]], "count": parity_n},
           {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
            "meta": Ref("load_model", "model.json")}, ("parity.json",), final=("parity.json",))
-    if evaluating:
-        b.add("evaluate", "evaluate",
-              {"head": cfg["graph"]["head"], "conf_thres": cfg["evaluate"]["conf_thres"],
-               "iou_thres": cfg["evaluate"]["iou_thres"]},
+    if model["weights"] != "random":   # random weights' boxes say nothing to look at
+        b.add("compare_detections", "compare_detections",
+              {"head": cfg["graph"]["head"], "count": 4, "title": f"built {prec['name']} ({target['name']})"},
               {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
                "meta": Ref("load_model", "model.json"), "probe": Ref("prepare_inputs", "probe.npz"),
-               "annotations": annotations_ref or Ref("generate_dataset", "eval")}, ("metrics.json",),
-              final=("metrics.json",))
+               "images": eval_ref}, ("side_by_side",), final=("side_by_side",))
+    if evaluating:
+        b.add("evaluate", "evaluate", _evaluate_params(cfg, labelled),
+              {"outputs": outputs_ref, "reference": Ref("reference", "reference.npz"),
+               "meta": Ref("load_model", "model.json"), "probe": Ref("prepare_inputs", "probe.npz"),
+               **_labels(labelled, annotations_ref)}, ("metrics.json",), final=("metrics.json",))
     b.add("package", "package", {**common, "toolchain": tc_name, "compiled": list(tc.compiled)},
           {"model": Ref("compile", tc.compiled[0]), "meta": Ref("load_model", "model.json"),
            **{f"also:{name}": Ref("compile", name) for name in tc.compiled[1:]},   # model.bin beside model.xml
@@ -215,8 +225,21 @@ def lower(config: Mapping) -> Plan:
                 notes=tuple(notes))
 
 
+def _evaluate_params(cfg: dict, labelled: bool) -> dict:
+    ev = cfg["evaluate"]
+    return {"head": cfg["graph"]["head"], "conf_thres": ev["conf_thres"], "iou_thres": ev["iou_thres"],
+            **({} if labelled else {"agreement_conf": ev["agreement_conf"]})}
+
+
+def _labels(labelled: bool, annotations_ref: Ref | None) -> dict[str, Ref]:
+    """The evaluate input holding the labels: the annotations, the generated set's, or none (agreement)."""
+    if not labelled:
+        return {}
+    return {"annotations": annotations_ref or Ref("generate_dataset", "eval")}
+
+
 def _lower_handoff(b: _Builder, cfg: dict, tc_name: str, common: dict, onnx_ref: Ref, evaluating: bool,
-                   annotations_ref: Ref | None) -> None:
+                   annotations_ref: Ref | None, labelled: bool) -> None:
     tc, prec = registry.get(tc_name), cfg["precision"]
     inputs = {"model": onnx_ref, "meta": Ref("load_model", "model.json")}
     if "torchscript" in tc.plan.exports or cfg["frontend"]["format"] == "torchscript":
@@ -235,10 +258,9 @@ def _lower_handoff(b: _Builder, cfg: dict, tc_name: str, common: dict, onnx_ref:
     # int8 preview: the same ONNX through a generic per-channel int8 fake-quant on the host, from the
     # bundle's own calibration set, checked like a real build; labelled a preview, never a result
     b.add("preview", "preview",
-          {"head": cfg["graph"]["head"], "scale": common["scale"], "count": cfg["check"]["parity_images"],
-           "conf_thres": cfg["evaluate"]["conf_thres"], "iou_thres": cfg["evaluate"]["iou_thres"],
+          {**_evaluate_params(cfg, labelled), "scale": common["scale"], "count": cfg["check"]["parity_images"],
            "thresholds": cfg["target"]["parity"].get(prec["name"]), "evaluate": evaluating},
           {"model": onnx_ref, "calib": Ref("calibrate", "calib.npz"), "probe": Ref("prepare_inputs", "probe.npz"),
            "reference": Ref("reference", "reference.npz"), "meta": Ref("load_model", "model.json"),
-           **({"annotations": annotations_ref or Ref("generate_dataset", "eval")} if evaluating else {})},
+           **(_labels(labelled, annotations_ref) if evaluating else {})},
           ("preview.json",), final=("preview.json",))

@@ -14,8 +14,8 @@ from .rows import FIELDS
 
 SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML = "summary.json", "summary.csv", "report.html"
 CSV_COLUMNS = ("job", "overrides", "recipe", "target", "precision", "input", "status", "exit_code", "reason",
-               *(f"parity_{f}" for f in FIELDS), "map_fp32", "map_built", "artifact_bytes", "latency_ms",
-               "latency_runtime", "seconds",
+               *(f"parity_{f}" for f in FIELDS), "map_fp32", "map_built", "accuracy_kind", "artifact_bytes",
+               "latency_ms", "latency_runtime", "seconds",
                "ops_ran", "ops_cached", "seconds_saved", "build_dir")
 
 

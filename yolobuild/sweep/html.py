@@ -23,14 +23,15 @@ def _jobs_table(rows: list[dict]) -> str:
     head = ("job", "overrides (those not shared by every job)", "status", "reason", "boxes", "objectness", "class scores", "mAP fp32",
             "mAP built", "artifact MB", "p50 ms", "seconds", "ops ran/cached", "time saved")
     from ..live import saved
-    from .terminal import varying
+    from .terminal import accuracy_suffix, varying
 
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r, shown in zip(rows, varying(rows)):
         p = r.get("parity") or {}
         size = r["artifact_bytes"] / 1e6 if r.get("artifact_bytes") else None
         cells = (r.get("job"), " ".join(shown), r["status"], r.get("reason"), p.get("boxes"),
-                 p.get("objectness"), p.get("class_scores"), r.get("map_fp32"), r.get("map_built"),
+                 p.get("objectness"), p.get("class_scores"), r.get("map_fp32"),
+                 None if r.get("map_built") is None else f"{r['map_built']:.6f}{accuracy_suffix(r)}",
                  None if size is None else f"{size:.2f}",
                  None if r.get("latency_ms") is None else f"{r['latency_ms']:.2f} ({r.get('latency_runtime')})",
                  f"{r.get('seconds') or 0.0:.1f}", f"{r.get('ops_ran', 0)}/{r.get('ops_cached', 0)}",

@@ -35,14 +35,17 @@ def accuracy_vs_latency(rows: list[dict]) -> str | None:
 def _accuracy_against(rows: list[dict], cost, title: str, x_label: str) -> str | None:
     """Built mAP50-95 against a cost (smaller is better), one colour per target × precision, and the
     Pareto front: the jobs no other job beats on both."""
-    usable = [r for r in rows if r.get("map_built") is not None and cost(r)]
+    measured = [r for r in rows if r.get("map_built") is not None and cost(r)]
+    # one kind of figure per plot: mAP against labels, else agreement with PyTorch fp32; never a preview
+    kind = "labels" if any(r.get("accuracy_kind", "labels") == "labels" for r in measured) else "agreement"
+    usable = [r for r in measured if r.get("accuracy_kind", "labels") == kind]
     if not usable:
         return None
     xs = [cost(r) for r in usable]
     ys = [r["map_built"] for r in usable]
     pad_x, pad_y = (max(xs) - min(xs)) * 0.1 or 0.5, (max(ys) - min(ys)) * 0.15 or 0.01
     chart = Chart(900, 420, (max(0.0, min(xs) - pad_x), max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y),
-                  title, x_label, "built mAP50-95")
+                  title, x_label, "built mAP50-95" if kind == "labels" else "built agreement mAP50-95 with fp32")
     groups = sorted({(r["target"], r["precision"]) for r in usable})
     colour = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     front = set(pareto_front(list(zip(xs, ys))))

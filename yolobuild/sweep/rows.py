@@ -57,7 +57,9 @@ def latency(manifest: dict) -> tuple[float | None, str | None]:
 
 
 def row_from_manifest(overrides, code: int, manifest: dict, build_dir: Path, started: float | None) -> dict[str, Any]:
-    metrics = manifest.get("metrics") or {}
+    from ..accuracy_figures import accuracy
+
+    acc = accuracy(manifest) or {}   # labels, agreement (no labels) or a hand-off's preview: accuracy_kind says
     ops = [{"id": op["id"], "kind": op["kind"], "fingerprint": op.get("fingerprint"), "status": op["status"],
             "seconds": op.get("seconds") or 0.0, "started": op.get("started")} for op in manifest.get("ops", [])]
     failed = [op for op in manifest.get("ops", []) if op["status"] == "failed"]
@@ -69,8 +71,9 @@ def row_from_manifest(overrides, code: int, manifest: dict, build_dir: Path, sta
         "recipe": manifest.get("recipe"), "target": manifest.get("target"), "precision": manifest.get("precision"),
         "input": manifest.get("input"), "build": manifest.get("build"), "build_dir": str(build_dir),
         "parity": {f: (manifest.get("parity") or {}).get(f, {}).get("cosine") for f in FIELDS},
-        "map_fp32": (metrics.get("pytorch_fp32") or {}).get("mAP50_95"),
-        "map_built": (metrics.get("built") or {}).get("mAP50_95"),
+        "map_fp32": acc.get("fp32"),
+        "map_built": acc.get("built"),
+        "accuracy_kind": (f"preview ({acc['basis']})" if acc.get("kind") == "preview" else acc.get("kind")),
         "artifact_bytes": artifact_bytes(manifest, build_dir),
         "latency_ms": latency_ms, "latency_runtime": latency_runtime,
         "started_at": started,

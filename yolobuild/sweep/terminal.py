@@ -8,10 +8,18 @@ def _min_cosine(row: dict) -> str:
     return f"{min(values):.6f}" if values else "-"
 
 
+def accuracy_suffix(row: dict) -> str:
+    """' (agreement)', ' (preview)': what a figure that is not a mAP against labels is."""
+    kind = row.get("accuracy_kind")
+    if not kind or kind == "labels":
+        return ""
+    return " (preview)" if kind == "preview (labels)" else f" ({kind.replace(' (', ', ').rstrip(')')})"
+
+
 def _accuracy(row: dict) -> str:
     if row.get("map_built") is None or row.get("map_fp32") is None:
         return "-"
-    return f"{row['map_fp32']:.4f} → {row['map_built']:.4f}"
+    return f"{row['map_fp32']:.4f} → {row['map_built']:.4f}{accuracy_suffix(row)}"
 
 
 def varying(rows: list[dict]) -> list[list[str]]:
