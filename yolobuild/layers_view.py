@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 WORST_SHOWN = 5
+EXACT = 200.0
 OWN_SHOWN_BELOW = 60.0   # dB: own SQNR at or above it means the layer adds no noise worth a dot
 
 
@@ -14,19 +15,26 @@ def worst_names(acc: dict) -> list[str]:
     return list(acc.get("worst") or [])[:WORST_SHOWN]
 
 
+def _key(layer: dict) -> float | None:
+    """What the ranking sorted by (runtime.layer_error.rank_key): the layer alone where measured, else its own."""
+    value = layer.get("local_sqnr_db", layer.get("own_sqnr_db"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def rows(acc: dict) -> list[list[Any]]:
-    """[index, name, op, cosine, SQNR, own SQNR, in float] per layer, graph order."""
+    """[index, name, op, cosine, SQNR, SQNR of the layer alone, in float] per layer, graph order."""
     kept = set(acc.get("kept_float") or ())
+    local = any("local_sqnr_db" in layer for layer in acc.get("layers") or [])
     out = []
     for i, layer in enumerate(acc.get("layers") or []):
-        own = layer.get("own_sqnr_db")
+        own = layer.get("local_sqnr_db", "-") if local else layer.get("own_sqnr_db")
         in_float = "yes" if (layer["name"] in kept or layer.get("quantized") is False) else ""
         out.append([i, layer["name"], layer.get("op", ""), f"{layer['cosine']:.6f}", f"{layer['sqnr_db']:.2f}",
                     f"{own:.2f}" if isinstance(own, (int, float)) else "", in_float])
     return out
 
 
-HEADER = ["#", "layer", "op", "cosine", "SQNR dB", "own SQNR dB", "in float"]
+HEADER = ["#", "layer", "op", "cosine", "SQNR dB", "alone SQNR dB", "in float"]
 
 
 def tries_rows(acc: dict) -> list[list[Any]]:
@@ -48,8 +56,9 @@ def summary_line(acc: dict) -> str:
     if acc.get("method"):
         parts.append(f"Measured with {acc['method']} on {acc.get('images', '?')} image(s), {len(acc.get('layers') or [])} "
                      "layers in graph order. SQNR = 10 log10(sum ref^2 / sum (ref - quantized)^2) of each layer's "
-                     "output, the error it inherits included; own SQNR counts only the noise the layer adds itself "
-                     "(the ranking's key).")
+                     "output, the error it inherits included; alone SQNR is the layer by itself, float against "
+                     "quantized on the same inputs, in its worst channel (or, where that is not measured, the "
+                     "noise it adds over its inputs): the ranking's key, lowest first.")
     if acc.get("worst"):
         parts.append("Worst layers: " + ", ".join(worst_names(acc)) + ".")
     if acc.get("kept_float"):
@@ -111,10 +120,10 @@ def plot_svg(acc: dict, width: int = 940) -> str:
         return out
 
     sqnr = [float(layer["sqnr_db"]) for layer in layers]
-    own = [float(layer.get("own_sqnr_db", layer["sqnr_db"])) for layer in layers]
+    own = [_key(layer) if _key(layer) is not None else EXACT for layer in layers]
     nines = [(-math.log10(max(1.0 - float(layer["cosine"]), 1e-9))) for layer in layers]
     parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="per-layer error">']
-    parts += panel_svg(top, sqnr, own, "SQNR dB per layer (line: output; dots: the noise the layer adds itself, red = worst, grey = in float)", "dB")
+    parts += panel_svg(top, sqnr, own, "SQNR dB per layer (line: output; dots: the layer alone, red = worst, grey = in float)", "dB")
     parts += panel_svg(top + panel + gap, nines, None, "cosine as -log10(1 - cosine) (3 = 0.999)", "nines")
     parts.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">layer, graph order '
                  f'(0 .. {n - 1})</text>')
