@@ -302,9 +302,10 @@ def layer_error(request: dict) -> dict:
         return _calibration_failed(r, exc)
     ddir = work / "deploy"
     _link_weights(tdir, ddir)
-    _step("model_deploy", ["model_deploy", "--mlir", str(tdir / "M.mlir"), "--quantize", r["quantize"],
-                           "--processor", r["platform"], *deploy_args, "--not_gen_bmodel", "--model", "M.bmodel"],
-          ddir, seconds)
+    with _locked(r["lock"]):   # lowering and the interpreter load the chip's backend library
+        _step("model_deploy", ["model_deploy", "--mlir", str(tdir / "M.mlir"), "--quantize", r["quantize"],
+                               "--processor", r["platform"], *deploy_args, "--not_gen_bmodel", "--model", "M.bmodel"],
+              ddir, seconds)
     tpu = sorted(ddir.glob("*_tpu.mlir"))
     if not tpu:
         raise RuntimeError(f"model_deploy --not_gen_bmodel wrote no *_tpu.mlir in {ddir}")
@@ -316,8 +317,9 @@ def layer_error(request: dict) -> dict:
                                 "inputs": r["images"], "input_name": r["input_name"], "out": str(out),
                                 "kept": qtable_ops}))
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "yolobuild.toolchains.tpu_mlir.worker", str(spec)], cwd=ddir,
-                          stdout=sys.stdout, stderr=subprocess.STDOUT)
+    with _locked(r["lock"]):
+        proc = subprocess.run([sys.executable, "-m", "yolobuild.toolchains.tpu_mlir.worker", str(spec)], cwd=ddir,
+                              stdout=sys.stdout, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"the MLIR interpreter compare failed (exit {proc.returncode})")
     seconds["compare"] = round(time.time() - start, 2)
