@@ -17,7 +17,7 @@ from . import OpContext
 from .building import (_model_anchors_px, _set_anchors_px, _what, build_from_meta, checkpoint_dict, example_input,
                        family_module, family_of, host_meta, load_checkpoint, meta_json, normalize_anchors)
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file, load_into, read_weights
-from .patches import HEADS, apply_graph_settings, check_patch_names
+from .patches import apply_graph_settings, check_patch_names, known_heads
 
 # --------------------------------------------------------------------------- load_model
 
@@ -156,8 +156,8 @@ def patch(ctx: OpContext) -> None:
     head = p["head"]
     patches = list(p.get("patches") or [])
     check_patch_names(patches)
-    if head not in HEADS:
-        raise UserError(f"graph.head: {head!r} is not allowed; allowed: {', '.join(HEADS)}")
+    if head not in known_heads():
+        raise UserError(f"graph.head: {head!r} is not allowed; allowed: {', '.join(known_heads())}")
     src = load_checkpoint_file(ctx.inputs["model"], key="model")
     if not (isinstance(src, dict) and src.get("format") == CHECKPOINT_FORMAT):
         raise UserError(f"model: {ctx.inputs['model']}: not a {CHECKPOINT_FORMAT} file")

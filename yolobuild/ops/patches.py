@@ -14,8 +14,9 @@ from ..errors import CheckFailed, UserError
 from ..models import registry
 from ..models.family import COMMON_HEADS
 
-# every graph.head layout some family's head gives (which family gives which: Family.heads)
-HEADS = tuple(dict.fromkeys(COMMON_HEADS + tuple(h for f in registry.families().values() for h in f.heads)))
+def known_heads() -> tuple[str, ...]:
+    """Every graph.head layout some family's head gives (which family gives which: Family.heads)."""
+    return tuple(dict.fromkeys(COMMON_HEADS + tuple(h for f in registry.families().values() for h in f.heads)))
 
 
 # --------------------------------------------------------------------------- fuse and patches
@@ -291,8 +292,8 @@ def check_patch_names(patches) -> None:
 def apply_graph_settings(model: nn.Module, head: str, patches=(), do_fuse: bool = False,
                          example: torch.Tensor | None = None, verify: bool = False) -> dict:
     """Fuse, patch and set the head layout in place; verification patches run when `verify`."""
-    if head not in HEADS:
-        raise UserError(f"graph.head: {head!r} is not allowed; allowed: {', '.join(HEADS)}")
+    if head not in known_heads():
+        raise UserError(f"graph.head: {head!r} is not allowed; allowed: {', '.join(known_heads())}")
     check_patch_names(patches)
     model.eval()
     figures: dict[str, Any] = {}
