@@ -34,14 +34,15 @@ def manifest(root: Path, precision: str, stdout: str | None = None) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-def _output(root: Path, m: dict, kind: str, name: str) -> Path:
+def _output(root: Path, folder: Path, kind: str, name: str) -> Path:
+    """Where the build in `folder` keeps op `kind`'s output `name` (its folder or the cache)."""
+    m = json.loads((folder / "manifest.json").read_text())
     out = next(op for op in m["ops"] if op["kind"] == kind)["outputs"][name]
-    return (root / "cache" if out["in"] == "cache" else root / "ws") / out["path"]
+    return (root / "cache" if out["in"] == "cache" else folder) / out["path"]
 
 
 def _layers(root: Path, run) -> dict:
-    m = manifest(root, "", run.stdout)
-    return json.loads(_output(root, m, "layer_error", "layers.json").read_text())
+    return json.loads(_output(root, built_folder(root / "ws", run.stdout), "layer_error", "layers.json").read_text())
 
 
 def test_rk3588_fp16_matches_pytorch_per_field(rk_builds):
@@ -101,7 +102,7 @@ def test_layer_error_lists_layers_in_graph_order_and_its_output_layer_agrees_wit
     root, _, runs = rk_builds
     run = runs["int8_all"]
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    m = manifest(root, "", run.stdout)
+    m = built_folder(root / "ws", run.stdout)
     doc = json.loads(_output(root, m, "layer_error", "layers.json").read_text())
     assert doc["method"].startswith("rknn-toolkit2 accuracy_analysis") and doc["images"] >= 1
     model = _output(root, m, "simplify", "model.onnx")

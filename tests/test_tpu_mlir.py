@@ -138,9 +138,11 @@ def test_no_python310_exits_3_with_the_install_hint(tmp_path):
     assert "YOLOBUILD_PYTHON310" in r.stderr and "Traceback" not in r.stderr
 
 
-def _output(root: Path, m: dict, kind: str, name: str) -> Path:
+def _output(root: Path, folder: Path, kind: str, name: str) -> Path:
+    """Where the build in `folder` keeps op `kind`'s output `name` (its folder or the cache)."""
+    m = json.loads((folder / "manifest.json").read_text())
     out = next(op for op in m["ops"] if op["kind"] == kind)["outputs"][name]
-    return (root / "cache" if out["in"] == "cache" else root / "ws") / out["path"]
+    return (root / "cache" if out["in"] == "cache" else folder) / out["path"]
 
 
 def test_layer_error_compares_top_and_quantized_mlir_and_its_outputs_agree_with_the_emulator(tpu_builds):
@@ -152,7 +154,7 @@ def test_layer_error_compares_top_and_quantized_mlir_and_its_outputs_agree_with_
 
     root, _, runs = tpu_builds
     _ok(runs["bm1684x_int8"])
-    m = manifest(root, "demo_bm1684x_int8_320x320")
+    m = build_dir(root / "ws", "demo_bm1684x_int8_320x320")
     doc = json.loads(_output(root, m, "layer_error", "layers.json").read_text())
     assert doc["method"].startswith("TPU-MLIR tensor compare") and doc["images"] >= 1
     model = _output(root, m, "simplify", "model.onnx")
@@ -181,15 +183,16 @@ def test_layer_error_compares_top_and_quantized_mlir_and_its_outputs_agree_with_
 
 def test_keep_float_joins_the_quantize_table_and_the_layer_error_drops(tpu_builds):
     root, common, _ = tpu_builds
-    before = json.loads(_output(root, manifest(root, "demo_bm1684x_int8_320x320"), "layer_error",
+    before = json.loads(_output(root, build_dir(root / "ws", "demo_bm1684x_int8_320x320"), "layer_error",
                                 "layers.json").read_text())
     worst = before["worst"][0]
     r = run_cli(*common, *INT8, f"backend.options.keep_float=[{worst}]", "evaluate.enabled=false", cwd=root)
     _ok(r)
-    m = json.loads((built_folder(root / "ws", r.stdout) / "manifest.json").read_text())
+    folder = built_folder(root / "ws", r.stdout)
+    m = json.loads((folder / "manifest.json").read_text())
     compile_results = next(op for op in m["ops"] if op["kind"] == "compile")["results"]["compile"]
     assert worst in compile_results["quantize_table"] and "out8_Conv" in compile_results["quantize_table"]
-    after = json.loads(_output(root, m, "layer_error", "layers.json").read_text())
+    after = json.loads(_output(root, folder, "layer_error", "layers.json").read_text())
     was = {layer["name"]: layer for layer in before["layers"]}[worst]
     now = {layer["name"]: layer for layer in after["layers"]}[worst]
     assert now["quantized"] is False and now["own_sqnr_db"] > was["own_sqnr_db"] + 3, (was, now)

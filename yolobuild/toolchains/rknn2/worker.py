@@ -192,7 +192,8 @@ def layer_error(request: dict) -> dict:
     """Build the model as compile does, then rknn-toolkit2's accuracy_analysis on each probe image: the
     float ('golden') and simulator output of every layer. Cosine and SQNR come from those dumps; the
     toolkit's own single-layer cosine rides along. Layers are the ONNX tensors the toolkit reports (the
-    names hybrid quantization takes); its internal ones (images_int8, *_conv) are left out. Each image's
+    names hybrid quantization takes), in the ONNX graph's order; its internal ones (images_int8, *_conv) are
+    left out. Each image's
     dumps (hundreds of MB) are deleted once read."""
     import time
 
@@ -206,7 +207,7 @@ def layer_error(request: dict) -> dict:
     if failed:
         return failed
     graph = onnx.load(request["onnx"], load_external_data=False).graph
-    tensors = {out for node in graph.node for out in node.output}
+    position = {out: i for i, node in enumerate(graph.node) for out in node.output}   # ONNX graph order
     kept = set(getattr(rknn, "yolobuild_float_layers", ()))
     stats, single = LayerStats(), {}
     work = Path(request["work"])
@@ -218,7 +219,7 @@ def layer_error(request: dict) -> dict:
             t = time.time()
             if rknn.accuracy_analysis(inputs=[str(image)], output_dir=str(snap)) != 0:
                 raise RuntimeError(f"rknn.accuracy_analysis failed on probe image {i}")
-            rows = [row for row in _analysis_rows(snap) if row[0] in tensors]
+            rows = sorted((row for row in _analysis_rows(snap) if row[0] in position), key=lambda row: position[row[0]])
             files = _dump_files(snap)
             if inputs is None:
                 inputs = _reported_inputs(graph, {name for name, _, _ in rows})
