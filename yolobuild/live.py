@@ -102,7 +102,7 @@ class BuildView:
             self._last_line.pop(rec.op.id, None)
             self.finished += 1
             self._print(op_line(rec))
-            for warning in (rec.results or {}).get("warnings") or ():   # e.g. the calibration set's checks
+            for warning in (getattr(rec, "results", None) or {}).get("warnings") or ():   # e.g. the calibration checks
                 self._print(f"  warning: {warning}")
 
     def on_event(self, kind: str, rec) -> None:
