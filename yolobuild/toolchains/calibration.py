@@ -29,3 +29,14 @@ def check(result: dict, toolchain: str, option: str, choices, log=None) -> dict:
     raise CalibrationFailed(f"{toolchain}: calibration with {algorithm!r} failed inside the toolkit ({said[-300:]}); "
                             f"set backend.options.{option} to another algorithm ({others})"
                             + (f"; full log: {log}" if log is not None else ""), algorithm, option)
+
+
+def call_worker(ctx, toolchain: str, function: str, req: dict) -> dict:
+    """Run `function` (module:function) in the toolchain's environment; a crashed calibration becomes one
+    line naming the algorithm and the option its toolchain.yaml declares (`accuracy.calibration_option`)."""
+    from .envs import call_in_env
+    from .registry import get
+
+    result = call_in_env(ctx, toolchain, function, req)
+    acc = get(toolchain).accuracy
+    return check(result, toolchain, acc.calibration_option, acc.calibration_choices, ctx.log_file)

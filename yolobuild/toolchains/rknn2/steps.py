@@ -15,8 +15,6 @@ from ...context import OpContext
 from ...errors import UserError
 from ...runtime.arrays import load_npz, save_npz
 from .. import calibration
-from ..envs import call_in_env
-from ..registry import get as toolchain
 
 # precision -> rknn-toolkit2's config(quantized_dtype=...); fp16 is a build without quantization. Which chip
 # takes which dtype is the target YAML's `precisions` (config() refuses w8a16 on all but rk3562).
@@ -61,11 +59,7 @@ def _check_keep_float(names, onnx_path: Path) -> None:
 
 
 def _call(ctx: OpContext, function: str, req: dict) -> dict:
-    """The worker's result; a crashed calibration becomes one line naming quantized_algorithm."""
-    result = call_in_env(ctx, "rknn-toolkit2", f"yolobuild.toolchains.rknn2.worker:{function}", req)
-    acc = toolchain("rknn-toolkit2").accuracy
-    return calibration.check(result, "rknn-toolkit2", acc.calibration_option or "quantized_algorithm",
-                             acc.calibration_choices, ctx.log_file)
+    return calibration.call_worker(ctx, "rknn-toolkit2", f"yolobuild.toolchains.rknn2.worker:{function}", req)
 
 
 def _calibration_list(ctx: OpContext) -> Path:

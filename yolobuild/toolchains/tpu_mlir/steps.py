@@ -19,7 +19,6 @@ from ...errors import CheckFailed, UserError
 from ...runtime.arrays import canvas_to_input, load_npz, save_npz
 from .. import calibration
 from ..envs import call_in_env, env_dir, find_spec
-from ..registry import get as toolchain
 
 # precision -> model_deploy --quantize; w8a16 is W8F16 (int8 weights, float16 activations: no calibration
 # table). Which chip has which is its target YAML's `precisions`; TPU-MLIR 1.30 has no INT16 mode.
@@ -108,11 +107,7 @@ def _quantize_request(ctx: OpContext, onnx_path: Path, work: Path) -> dict:
 
 
 def _call(ctx: OpContext, function: str, req: dict) -> dict:
-    """The worker's result; a crashed run_calibration becomes one line naming calibration_method."""
-    result = call_in_env(ctx, "tpu-mlir", f"yolobuild.toolchains.tpu_mlir.worker:{function}", req)
-    acc = toolchain("tpu-mlir").accuracy
-    return calibration.check(result, "tpu-mlir", acc.calibration_option or "calibration_method",
-                             acc.calibration_choices, ctx.log_file)
+    return calibration.call_worker(ctx, "tpu-mlir", f"yolobuild.toolchains.tpu_mlir.worker:{function}", req)
 
 
 def compile(ctx: OpContext) -> None:
