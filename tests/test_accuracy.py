@@ -51,6 +51,54 @@ def test_rank_charges_a_layer_only_the_noise_it_adds_and_skips_float_layers():
     assert rank(layers)[0] == "b" and "d" not in rank(layers)
 
 
+def test_rank_puts_quantized_outputs_first_and_the_first_try_takes_them_together():
+    from yolobuild.accuracy.search import _first_sizes
+
+    layers = [{"name": "a", "op": "Conv", "cosine": 1, "sqnr_db": 18.0, "inputs": [], "local_sqnr_db": 15.0},
+              {"name": "b", "op": "Conv", "cosine": 1, "sqnr_db": 17.0, "inputs": ["a"], "local_sqnr_db": 16.0},
+              {"name": "out1", "op": "Conv", "cosine": 1, "sqnr_db": 25.0, "inputs": ["b"], "local_sqnr_db": 22.0},
+              {"name": "out2", "op": "Conv", "cosine": 1, "sqnr_db": 26.0, "inputs": ["b"], "local_sqnr_db": 13.0},
+              {"name": "out3", "op": "Conv", "cosine": 1, "sqnr_db": 9.0, "inputs": ["b"], "quantized": False}]
+    ranked = rank(layers)
+    assert ranked == ["out2", "out1", "a", "b"]          # outputs first (worst first), float ones left out
+    assert _first_sizes(layers, ranked) == 2
+    no_outputs_known = [{k: v for k, v in layer.items() if k != "inputs"} for layer in layers]
+    assert rank(no_outputs_known)[0] == "out2"          # by local SQNR alone; the first try: within 3 dB of it
+    assert _first_sizes(no_outputs_known, rank(no_outputs_known)) == 3
+
+
+def _two_convs(path):
+    """x -> Conv(1x1, w1) -> Relu -> Conv(1x1, w2) -> y, with the intermediate tensors named."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(4, 3, 1, 1)).astype(np.float32), rng.normal(size=(2, 4, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return w1, w2
+
+
+def test_float_layers_runs_one_layer_alone_on_given_inputs(tmp_path):
+    from yolobuild.runtime.float_layers import FloatLayers
+
+    w1, w2 = _two_convs(tmp_path / "m.onnx")
+    layers = FloatLayers(tmp_path / "m.onnx")
+    fed = np.random.default_rng(1).normal(size=4 * 25).astype(np.float32)   # flat, as a vendor dump is
+    got = layers.run("y", {"r1": fed})
+    by_hand = np.einsum("oc,chw->ohw", w2[:, :, 0, 0], fed.reshape(4, 5, 5))[None]
+    assert np.allclose(got, by_hand, atol=1e-5)
+    two = layers.run("r1", {"x": np.ones((1, 3, 5, 5), np.float32)})      # through Conv and Relu
+    assert np.allclose(two, np.maximum(np.einsum("oc,chw->ohw", w1[:, :, 0, 0], np.ones((3, 5, 5))), 0)[None], atol=1e-5)
+    assert layers.run("y", {"c1": fed}) is not None                          # Relu then Conv from c1
+    assert layers.run("y", {"r1": fed[:10]}) is None                         # wrong size: not computable
+
+
 # ------------------------------------------------------------------------------------------ validate
 
 @pytest.mark.parametrize("extra, fragment", [

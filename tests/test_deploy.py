@@ -329,3 +329,14 @@ def test_board_only_artifacts_get_a_benchmark_script(tmp_path):
         assert (folder / "benchmark.sh").is_file() == board
     script = (tmp_path / "tpu-mlir" / "benchmark.sh").read_text()
     assert "bmrt_test --bmodel model.bmodel" in script and "infer.py --benchmark" in script
+
+
+def test_a_quantized_artifact_is_timed_call_for_call_beside_its_float_model():
+    """Interleaved, so a machine that gets busier mid-run slows both alike: the order of calls is the check."""
+    from yolobuild.deploy.timing import measure_against
+
+    calls = []
+    built, floats = measure_against(lambda x: calls.append("built"), lambda x: calls.append("float"),
+                                    np.zeros(1), runs=3, warmup=2)
+    assert calls == ["built", "float"] * 5
+    assert built["runs"] == floats["runs"] == 3 and built["p50_ms"] >= 0 and floats["p50_ms"] >= 0

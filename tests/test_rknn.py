@@ -127,22 +127,36 @@ def test_layer_error_lists_layers_in_graph_order_and_its_output_layer_agrees_wit
         assert abs(by_name[name]["cosine"] - independent) < 2e-3, (name, by_name[name]["cosine"], independent)
 
 
-@pytest.mark.xfail(strict=True, reason="measured: the layer is kept float16 in the hybrid config (quantized: false) but "
-                   "its own SQNR barely moves (demo /model.9/cv2/conv/Conv_output_0: 22.35 -> 22.39 dB): a Conv output "
-                   "fused with its SiLU still computes from int8 inputs")
-def test_keep_float_keeps_a_layer_in_float16_and_its_error_drops(rk_builds):
+def test_keep_float_keeps_the_worst_layer_in_float16_and_its_local_error_vanishes(rk_builds):
+    """The ranking's key is each layer alone (its float ONNX subgraph on the simulator's own inputs): with the
+    head in int8 the worst is an output, and hybrid quantization's float16 takes its local SQNR from int8's
+    ~13-24 dB to fp16's ~70 (measured 13.3 -> 71.1 dB for out32)."""
     root, common, runs = rk_builds
     before = _layers(root, runs["int8_all"])
     worst = before["worst"][0]
+    assert worst in {"out8", "out16", "out32"}, before["worst"][:5]
     run = run_cli(*common, *ALL_INT8, f"backend.options.keep_float=[{worst}]", cwd=root)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     after = _layers(root, run)
     was = {layer["name"]: layer for layer in before["layers"]}[worst]
     now = {layer["name"]: layer for layer in after["layers"]}[worst]
     assert now["quantized"] is False and worst not in after["worst"]
-    assert now["own_sqnr_db"] > was["own_sqnr_db"] + 3, (was, now)
+    assert was["local_sqnr_db"] < 30 and now["local_sqnr_db"] > was["local_sqnr_db"] + 30, (was, now)
     compile_results = next(op for op in manifest(root, "", run.stdout)["ops"] if op["kind"] == "compile")
     assert compile_results["results"]["compile"]["float_layers"] == 1
+
+
+def test_max_drop_recovers_an_int8_head_by_keeping_the_outputs_in_float16(rk_builds):
+    """The demo with its head in int8 loses ~6.9 AP on rk3588; accuracy.max_drop=0.5 keeps the quantized
+    outputs in float16 first (measured: -6.87 -> -0.23 AP in two builds)."""
+    root, common, runs = rk_builds
+    first = manifest(root, "", runs["int8_all"].stdout)["metrics"]
+    assert first["pytorch_fp32"]["mAP50_95"] - first["built"]["mAP50_95"] > 0.02, first   # there is a loss to fix
+    run = run_cli(*common, *ALL_INT8, "accuracy.max_drop=0.5", cwd=root)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    m = manifest(root, "", run.stdout)
+    assert m["metrics"]["delta_mAP50_95"] >= -0.5, m["metrics"]
+    assert set(m["accuracy"]["kept_float"]) & {"out8", "out16", "out32"}, m["accuracy"]["kept_float"]
 
 
 def test_keep_float_of_an_unknown_layer_is_one_line(rk_builds):

@@ -159,11 +159,16 @@ def benchmark_section(m: dict, build_dir: Path) -> str:
         return ""
     plot = bars_svg([(k, [("p50", v["p50_ms"]), ("p90", v["p90_ms"])]) for k, v in runs.items()], "ms", "latency")
     machine = bench.get("machine") or {}
+    against = any("vs_float" in v for v in runs.values())
     rows = [[k, v["p50_ms"], v["p90_ms"], v["throughput_ips"], v["threads"], v["batch"], v["runs"], v["runtime"]]
+            + ([f"{v['vs_float']:.2f}x ({v['float']['p50_ms']} ms)" if "vs_float" in v else "-"] if against else [])
             for k, v in runs.items()]
+    note = (" The float model it was quantized from ran call for call beside it (same input and threads): "
+            "\"vs float\" is the p50 ratio." if against else "")
     return (f"<h2>Benchmark on this machine</h2><p>{escape(str(machine.get('cpu', '')))}, "
-            f"{escape(str(machine.get('cores', '?')))} cores; batch 1, after warm-up.</p>" + plot
-            + _table(["runtime", "p50 ms", "p90 ms", "images/s", "threads", "batch", "runs", "version"], rows))
+            f"{escape(str(machine.get('cores', '?')))} cores; batch 1, after warm-up.{note}</p>" + plot
+            + _table(["runtime", "p50 ms", "p90 ms", "images/s", "threads", "batch", "runs", "version"]
+                     + (["vs float (p50)"] if against else []), rows))
 
 
 def _drawn_jpeg(image: Path, detections: list[dict]) -> str:

@@ -95,9 +95,13 @@ class _Search:
 
 
 def _first_sizes(layers: list[dict], ranked: list[str]) -> int:
-    """How many layers the first keep_float try takes: the worst one and those within 3 dB of it."""
-    from ..runtime.layer_error import rank_key
+    """How many layers the first keep_float try takes: the quantized output layers together (rank puts them
+    first), else the worst one and those within 3 dB of it."""
+    from ..runtime.layer_error import outputs, rank_key
 
+    last = outputs(layers)
+    if ranked and ranked[0] in last:
+        return sum(1 for name in ranked if name in last)
     if not ranked:
         return 0
     key = rank_key(layers)

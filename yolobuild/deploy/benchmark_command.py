@@ -62,12 +62,17 @@ def run(argv: list[str], say) -> int:
         say(f"{spec['model']['file']} runs only on its board: copy {build / 'deploy'} there and run "
             "`sh benchmark.sh` (the same figures, timed by the board's runtime)")
         return 0
-    figures = benchmark_deploy(build / "deploy", opts["runs"], opts["warmup"], opts["threads"])
+    # a quantized build's folder keeps the float ONNX it came from (model.onnx): timed beside it, call for call
+    quantized = spec["model"].get("precision") not in (None, "fp32", "fp16")
+    float_model = build / "model.onnx" if quantized and (build / "model.onnx").is_file() else None
+    figures = benchmark_deploy(build / "deploy", opts["runs"], opts["warmup"], opts["threads"], float_model=float_model)
     for name, r in figures["runtimes"].items():
         if "error" in r:
             say(f"{name}: cannot run {figures['model']}: {r['error']}")
         else:
+            against = f", {r['vs_float']:.2f}x the float model's p50 (timed in turn)" if "vs_float" in r else ""
             say(f"{name}: {figures['model']} batch 1, {r['runs']} runs after {r['warmup']} warm-up, {r['threads']} "
-                f"threads: p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, {r['throughput_ips']:.1f} images/s")
+                f"threads: p50 {r['p50_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, {r['throughput_ips']:.1f} images/s"
+                + against)
     _record(build, figures)
     return 0 if any("p50_ms" in r for r in figures["runtimes"].values()) else 3

@@ -66,27 +66,68 @@ def measure(run, x: np.ndarray, runs: int, warmup: int) -> dict:
         t0 = time.perf_counter()
         run(x)
         times.append((time.perf_counter() - t0) * 1000.0)
+    return {**_figures(times), "runs": runs, "warmup": warmup, "batch": 1}
+
+
+def _figures(times) -> dict:
     t = np.asarray(times)
     return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
             "mean_ms": round(float(t.mean()), 3),
             "min_ms": round(float(t.min()), 3),   # the least disturbed call: on a busy machine, the steadiest figure
-            "throughput_ips": round(1000.0 / float(t.mean()), 2),
-            "runs": runs, "warmup": warmup, "batch": 1}
+            "throughput_ips": round(1000.0 / float(t.mean()), 2)}
+
+
+def measure_against(run, run_float, x: np.ndarray, runs: int, warmup: int) -> tuple[dict, dict]:
+    """The artifact and the float model it came from, one call of each in turn (same input, same threads):
+    a machine that gets busier during the run slows both alike, so their ratio holds."""
+    for _ in range(warmup):
+        run(x)
+        run_float(x)
+    built, floats = [], []
+    for _ in range(runs):
+        for f, into in ((run, built), (run_float, floats)):
+            t0 = time.perf_counter()
+            f(x)
+            into.append((time.perf_counter() - t0) * 1000.0)
+    return ({**_figures(built), "runs": runs, "warmup": warmup, "batch": 1},
+            {**_figures(floats), "runs": runs})
+
+
+def _float_runner(opener, float_model: Path | None, threads: int, x: np.ndarray):
+    """The float model's runner where it takes the artifact's input as is (a model with the preprocessing
+    folded in takes pixels the float ONNX does not), else None: then the artifact is timed alone."""
+    if opener is None:
+        return None
+    try:
+        run, _, _ = opener(float_model, threads)
+        run(x)
+        return run
+    except Exception:   # noqa: BLE001  (another input type or layout: nothing to compare call for call)
+        return None
 
 
 def benchmark_deploy(deploy_dir: Path, runs: int = 30, warmup: int = 5, threads: int = 0,
-                     only: tuple[str, ...] | None = None) -> dict:
-    """{"machine": ..., "runtimes": {name: figures}} for the deploy folder's artifact."""
+                     only: tuple[str, ...] | None = None, float_model: Path | None = None) -> dict:
+    """{"machine": ..., "runtimes": {name: figures}} for the deploy folder's artifact; with `float_model` (the
+    float ONNX a quantized artifact came from) each runtime that opens both times them in turn and adds
+    "float": {its figures} and "vs_float": p50 ratio."""
     spec = json.loads((deploy_dir / "deploy.json").read_text())
     model = deploy_dir / spec["model"]["file"]
     x = _input(spec)
+    float_runners = runtimes_for(float_model) if float_model is not None else {}
     results = {}
     for name, opener in runtimes_for(model).items():
         if only and name not in only:
             continue
         try:
             run, used, what = opener(model, threads)
-            results[name] = {**measure(run, x, runs, warmup), "threads": used, "runtime": what}
+            run_float = _float_runner(float_runners.get(name), float_model, threads, x)
+            if run_float is not None:
+                figures, floats = measure_against(run, run_float, x, runs, warmup)
+                figures.update(float=floats, vs_float=round(figures["p50_ms"] / floats["p50_ms"], 3))
+            else:
+                figures = measure(run, x, runs, warmup)
+            results[name] = {**figures, "threads": used, "runtime": what}
         except Exception as exc:   # one runtime refusing the artifact does not hide the others' figures
             results[name] = {"error": f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"}
     return {"model": spec["model"]["file"], "precision": spec["model"].get("precision"),

@@ -13,7 +13,8 @@ def benchmark(ctx: OpContext) -> None:
 
     p = ctx.params
     try:
-        figures = benchmark_deploy(Path(ctx.inputs["deploy"]), int(p["runs"]), int(p["warmup"]), int(p["threads"]))
+        figures = benchmark_deploy(Path(ctx.inputs["deploy"]), int(p["runs"]), int(p["warmup"]), int(p["threads"]),
+                                   float_model=Path(ctx.inputs["float"]) if "float" in ctx.inputs else None)
     except Exception as exc:   # a runtime that cannot load what compile checked is a toolchain problem
         raise ToolchainError(f"benchmark: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}") from None
     if not any("p50_ms" in r for r in figures["runtimes"].values()):

