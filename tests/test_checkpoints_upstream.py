@@ -366,7 +366,7 @@ def test_yolov7_checkpoint_reproduces_upstream(tmp_path, yolov7_refs, layout):
 # set and the run's settings; the files kept: last.pt / best.pt as train.py leaves them (optimizer stripped, the
 # EMA moved into 'model') and epoch_000.pt (its first epoch's save: 'model', 'ema', 'updates', the optimizer state)
 YOLOV7_TRAIN = {"images": {"train": 32, "val": 8}, "size": 160, "names": ["disc", "block", "wedge"],
-                "args": ["--weights", "", "--epochs", "2", "--batch-size", "4", "--img-size", "160", "160",
+                "args": ["--weights", "", "--epochs", "2", "--batch-size", "8", "--img-size", "160", "160",
                          "--device", "cpu", "--workers", "0"]}
 YOLOV7_KEPT = ("last.pt", "best.pt", "epoch_000.pt")
 YOLOV7_TRAIN_FILES = ("train_yolov7.py", "yolov7_repo.py", "yolov7_trained_refs.py", "hyp.scratch.tiny.yaml",
@@ -402,8 +402,9 @@ def yolov7_trained(yolov7_refs):
     venv, src = yolov7_refs.parent.parent, next(yolov7_refs.parent.glob("yolov7detect-*/"))
     key = hashlib.sha256(json.dumps(YOLOV7_TRAIN).encode()
                          + b"".join((HERE / f).read_bytes() for f in YOLOV7_TRAIN_FILES)).hexdigest()[:12]
-    py, out = venv / "bin" / "python", venv / f"yolov7-trained-{key}"
-    if not (out / "refs.json").exists():
+    py, done = venv / "bin" / "python", venv / f"yolov7-trained-{key}"
+    if not (done / "refs.json").exists():
+        out = done.with_name(done.name + ".tmp")
         shutil.rmtree(out, ignore_errors=True)
         data = out / "data"
         train, val = (_yolo_txt_split(data, s, n, YOLOV7_TRAIN["size"]) for s, n in YOLOV7_TRAIN["images"].items())
@@ -430,7 +431,9 @@ def yolov7_trained(yolov7_refs):
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
         (out / "timing.json").write_text(json.dumps({"train_s": round(train_s, 1),
                                                      "total_s": round(time.monotonic() - t0, 1)}))
-    return out
+        shutil.rmtree(done, ignore_errors=True)
+        out.rename(done)
+    return done
 
 
 @pytest.mark.parametrize("file", YOLOV7_KEPT)
@@ -443,7 +446,8 @@ def test_yolov7_trained_by_train_py_reproduces_upstream(tmp_path, yolov7_trained
 
     i = YOLOV7_KEPT.index(file)
     info = json.loads((yolov7_trained / "refs.json").read_text())[i]
-    assert info["key"] == ("ema" if file.startswith("epoch_") else "model") and info["optimizer"] == (i == 2)
+    unstripped = file.startswith("epoch_")
+    assert info["key"] == ("ema" if unstripped else "model") and info["optimizer"] == unstripped
     p = dict(family="yolov7", scale=None, layout="yolov7-tiny", nc=80, names=None, anchors=None, random=False,
              seed=0, trust_checkpoint=False)
     outs, res = run_op("load_model", tmp_path / "l", p, {"weights": yolov7_trained / "weights" / file},
@@ -466,7 +470,7 @@ def test_yolov7_trained_by_train_py_reproduces_upstream(tmp_path, yolov7_trained
     sums = np.array([sd[info["keys"][j]].double().sum().item() for j in kept])
     np.testing.assert_allclose(sums, refs[f"sums_{info['key']}{i}"][kept], rtol=1e-12, atol=1e-12)
     if info["key"] == "ema":            # and not the file's raw 'model', which differs in most tensors
-        assert (~np.isclose(sums, refs[f"sums_model{i}"][kept], rtol=1e-6, atol=1e-9)).mean() > 0.5
+        assert (~np.isclose(sums, refs[f"sums_model{i}"][kept], rtol=1e-6, atol=1e-9)).mean() > 0.25
     h, w = x.shape[2:]
     for head in ("raw", "decoded"):
         pt, _ = run_op("patch", tmp_path / head, dict(head=head, patches=["no_inplace_slice", "anchors_as_constants"],
