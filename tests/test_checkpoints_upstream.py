@@ -396,7 +396,7 @@ def _yolo_txt_split(root: Path, split: str, count: int, size: int) -> Path:
 def yolov7_trained(yolov7_refs):
     """YOLOv7-tiny trained for 2 epochs on CPU by the sdist's train.py (the repo's tiny hyperparameters, nc=3 with
     names of its own, autoanchor on), and upstream's outputs for the files it wrote (tests/upstream/
-    yolov7_trained_refs.py: attempt_load, as detect.py). First run: about a minute on two cores; then cached."""
+    yolov7_trained_refs.py: attempt_load, as detect.py). First run: 1-2.5 minutes on two busy cores; then cached."""
     import time
 
     venv, src = yolov7_refs.parent.parent, next(yolov7_refs.parent.glob("yolov7detect-*/"))
