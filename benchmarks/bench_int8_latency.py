@@ -2,7 +2,7 @@
 
 Builds `recipe=bench target=onnxruntime` at fp32 and int8 (the toolchain's defaults, or the extra
 overrides given on the command line, applied to the int8 build), then times both shipped models in
-this one process, alternating one call of each so a busy machine slows both alike: same input,
+this one process, in turn (blocks of calls, as the benchmark op does) so a busy machine slows both alike: same input,
 same intra-op threads, batch 1, after warm-up. Prints each build's own benchmark.json p50 too.
 
 Usage: python benchmarks/bench_int8_latency.py [backend.options.KEY=VALUE ...]
@@ -22,26 +22,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from buildrun import build  # noqa: E402
 
-from yolobuild.deploy.timing import _input, _onnxruntime  # noqa: E402
+from yolobuild.deploy.timing import _input, _onnxruntime, measure_against  # noqa: E402
 
 BASE = ["recipe=bench", "target=onnxruntime"]
 BAR = 0.6
 
 
-def _interleaved(models: dict[str, Path], runs: int, warmup: int, threads: int) -> dict[str, np.ndarray]:
-    runners = {}
+def _in_turn(models: dict[str, Path], runs: int, warmup: int, threads: int):
+    """Both shipped models timed in turn by the benchmark op's own mechanism (timing.measure_against)."""
+    opened = {}
     for name, deploy in models.items():
         spec = json.loads((deploy / "deploy.json").read_text())
         run, used, _ = _onnxruntime(deploy / spec["model"]["file"], threads)
-        runners[name] = (run, _input(spec))
-    times = {name: [] for name in runners}
-    for i in range(warmup + runs):
-        for name, (run, x) in runners.items():
-            t = time.perf_counter()
-            run(x)
-            if i >= warmup:
-                times[name].append((time.perf_counter() - t) * 1000.0)
-    return {name: np.asarray(t) for name, t in times.items()}, used
+        opened[name] = run
+        x = _input(spec)
+    int8, fp32 = measure_against(opened["int8"], opened["fp32"], x, runs, warmup)
+    return {"int8": int8, "fp32": fp32}, used
 
 
 def main() -> None:
@@ -60,15 +56,12 @@ def main() -> None:
               f"(PyTorch {metrics.get('pytorch_fp32', {}).get('mAP50_95')}, delta "
               f"{metrics.get('delta_mAP50_95')} AP points); its benchmark.json p50 {own.get('p50_ms')} ms, "
               f"min {own.get('min_ms')} ms")
-    times, used = _interleaved({p: d / "deploy" for p, (_, d) in builds.items()}, runs, warmup, threads)
-    p50 = {p: float(np.percentile(t, 50)) for p, t in times.items()}
-    mean = {p: float(t.mean()) for p, t in times.items()}
-    low = {p: float(t.min()) for p, t in times.items()}
-    print(f"interleaved, {runs} runs each after {warmup} warm-up, {used} intra-op thread(s), batch 1:")
-    for p in p50:
-        print(f"  {p}: p50 {p50[p]:.3f} ms, mean {mean[p]:.3f} ms, min {low[p]:.3f} ms")
-    print(f"int8 / fp32 latency (min): {low['int8'] / low['fp32']:.3f}")
-    ratio = p50["int8"] / p50["fp32"]
+    figures, used = _in_turn({p: d / "deploy" for p, (_, d) in builds.items()}, runs, warmup, threads)
+    print(f"in turn (blocks of calls), {runs} runs each after {warmup} warm-up, {used} intra-op thread(s), batch 1:")
+    for p, f in figures.items():
+        print(f"  {p}: p50 {f['p50_ms']:.3f} ms, mean {f['mean_ms']:.3f} ms, min {f['min_ms']:.3f} ms")
+    print(f"int8 / fp32 latency (min): {figures['int8']['min_ms'] / figures['fp32']['min_ms']:.3f}")
+    ratio = figures["int8"]["p50_ms"] / figures["fp32"]["p50_ms"]
     print(f"int8 / fp32 latency (p50): {ratio:.3f} (bar: <= {BAR}) {'ok' if ratio <= BAR else 'ABOVE THE BAR'}")
     sys.exit(0 if ratio <= BAR else 1)
 

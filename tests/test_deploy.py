@@ -332,11 +332,13 @@ def test_board_only_artifacts_get_a_benchmark_script(tmp_path):
 
 
 def test_a_quantized_artifact_is_timed_call_for_call_beside_its_float_model():
-    """Interleaved, so a machine that gets busier mid-run slows both alike: the order of calls is the check."""
-    from yolobuild.deploy.timing import measure_against
+    """In turn, so a machine that gets busier mid-run slows both alike: blocks of calls, each block led by one
+    uncounted call (the other session's threads still spinning). The order of calls is the check."""
+    from yolobuild.deploy.timing import BLOCK, measure_against
 
     calls = []
-    built, floats = measure_against(lambda x: calls.append("built"), lambda x: calls.append("float"),
-                                    np.zeros(1), runs=3, warmup=2)
-    assert calls == ["built", "float"] * 5
-    assert built["runs"] == floats["runs"] == 3 and built["p50_ms"] >= 0 and floats["p50_ms"] >= 0
+    runs = BLOCK + 3
+    built, floats = measure_against(lambda x: calls.append("b"), lambda x: calls.append("f"),
+                                    np.zeros(1), runs=runs, warmup=2)
+    assert "".join(calls) == "bf" * 2 + ("b" * (BLOCK + 1) + "f" * (BLOCK + 1)) + ("b" * 4 + "f" * 4)
+    assert built["runs"] == floats["runs"] == runs and built["p50_ms"] >= 0 and floats["p50_ms"] >= 0

@@ -163,7 +163,7 @@ def benchmark_section(m: dict, build_dir: Path) -> str:
     rows = [[k, v["p50_ms"], v["p90_ms"], v["throughput_ips"], v["threads"], v["batch"], v["runs"], v["runtime"]]
             + ([f"{v['vs_float']:.2f}x ({v['float']['p50_ms']} ms)" if "vs_float" in v else "-"] if against else [])
             for k, v in runs.items()]
-    note = (" The float model it was quantized from ran call for call beside it (same input and threads): "
+    note = (" The float model it was quantized from ran beside it, in blocks of calls taken in turn (same input and threads): "
             "\"vs float\" is the p50 ratio." if against else "")
     return (f"<h2>Benchmark on this machine</h2><p>{escape(str(machine.get('cpu', '')))}, "
             f"{escape(str(machine.get('cores', '?')))} cores; batch 1, after warm-up.{note}</p>" + plot

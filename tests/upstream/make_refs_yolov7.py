@@ -13,16 +13,11 @@ import numpy as np
 import torch
 import yaml as pyyaml
 
-import importlib  # noqa: E402
+import yolov7_repo  # noqa: E402  (beside this script: the venv adaptations train.py needs too)
 
-for _mod, _names in (("torchvision.utils", ("save_image",)),          # yolov7's datasets module imports
-                     ("torchvision.ops", ("roi_pool", "roi_align", "ps_roi_pool", "ps_roi_align"))):  # never called
-    _m = importlib.import_module(_mod)
-    for _name in _names:
-        if not hasattr(_m, _name):
-            setattr(_m, _name, lambda *a, **k: None)
+yolov7_repo.compat()
+yolov7_repo.original_repo_modules()   # pickled as models.yolo.Model, models.common.Conv, as train.py's are
 
-import yolov7.models.common as v7c  # noqa: E402
 import yolov7.models.yolo as v7y  # noqa: E402
 
 cfg, out = pyyaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
@@ -47,12 +42,6 @@ with torch.no_grad():
     y = model(x)[0]
 ckpt = {"epoch": 9, "best_fitness": np.array([0.4]), "training_results": None, "model": copy.deepcopy(model).half(),
         "ema": None, "updates": None, "optimizer": None, "wandb_id": None}
-sys.modules["models"] = sys.modules["yolov7.models"]
-sys.modules["models.yolo"], sys.modules["models.common"] = v7y, v7c
-for mod, short in ((v7y, "models.yolo"), (v7c, "models.common")):
-    for k, v in vars(mod).items():
-        if isinstance(v, type) and v.__module__ == mod.__name__:
-            v.__module__ = short
 torch.save(ckpt, out / f"{Path(sys.argv[1]).stem}.pt")
 det = model.model[-1]
 stem = Path(sys.argv[1]).stem

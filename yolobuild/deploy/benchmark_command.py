@@ -62,7 +62,7 @@ def run(argv: list[str], say) -> int:
         say(f"{spec['model']['file']} runs only on its board: copy {build / 'deploy'} there and run "
             "`sh benchmark.sh` (the same figures, timed by the board's runtime)")
         return 0
-    # a quantized build's folder keeps the float ONNX it came from (model.onnx): timed beside it, call for call
+    # a quantized build's folder keeps the float ONNX it came from (model.onnx): timed beside it, in turn
     quantized = spec["model"].get("precision") not in (None, "fp32", "fp16")
     float_model = build / "model.onnx" if quantized and (build / "model.onnx").is_file() else None
     figures = benchmark_deploy(build / "deploy", opts["runs"], opts["warmup"], opts["threads"], float_model=float_model)

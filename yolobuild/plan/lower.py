@@ -77,7 +77,7 @@ def lower(config: Mapping) -> Plan:
                      + ("" if labelled else " or an agreement figure"))
     if evaluating and gen and model["names"] != ds["classes"]:
         evaluating = False
-        notes.append(f"evaluate skipped: the model's classes ({model['nc']}) are not the {ds['name']} set's "
+        notes.append(f"evaluate skipped: the recipe's model.names ({model['nc']} classes) are not the {ds['name']} set's "
                      f"({', '.join(ds['classes'] or [])}); set dataset.eval.images/annotations for your own set")
     if gen:  # generate only what this build reads: calibration images for int8, eval or parity images
         b.add("generate_dataset", "generate_dataset",
@@ -218,8 +218,8 @@ def lower(config: Mapping) -> Plan:
         # after the checks, so no other op shares the cores while it times the shipped artifact
         after = {"parity": Ref("check_parity", "parity.json"),
                  **({"metrics": Ref("evaluate", "metrics.json")} if evaluating else {})}
-        # a calibrated build is also timed against the float ONNX it was quantized from, call for call, so a
-        # busy machine slows both alike and "0.53x float" holds where two builds' separate figures do not
+        # a calibrated build is also timed against the float ONNX it was quantized from, in turn, so a
+        # busy machine slows both alike and the ratio holds where two builds' separate figures do not
         against = {"float": onnx_ref} if prec["calibration"] else {}
         b.add("benchmark", "benchmark", {"runs": cfg["benchmark"]["runs"], "warmup": cfg["benchmark"]["warmup"],
                                          "threads": cfg["benchmark"]["threads"]},
