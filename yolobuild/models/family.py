@@ -13,9 +13,10 @@ family has them, these hooks (looked up by name, each optional):
   guess_state_dict(sd)                          'yolov3-tiny, nc=2': what a state_dict that did not fit looks like
   state_dict_nc(sd)                             the class count its head in a state_dict was trained for
   cfg_meta(text, where)                         a user's model definition file (model.cfg)
+  describe_pickle(container, model, where)      a full pickle's model this family recognises -> (meta, sd), else None
 
-(Full pickles of the yolov5 and ultralytics repositories, shared by several families, are read by
-models.upstream, which asks the yolov7 and yolor modules for theirs.)
+(Full pickles of the yolov5 and ultralytics classes, shared by several families, are read by
+models.upstream from those families' layer tables once no family's describe_pickle claimed them.)
 
 `yolobuild.models.registry` lists the families; nothing else names one.
 """

@@ -84,11 +84,20 @@ def pick_model(container: Any) -> Any:
     return container if isinstance(container, Stub) else None
 
 
-def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
-    """-> (meta, state_dict) for a full-pickle upstream checkpoint; UserError when not understood."""
+def describe_upstream(container: Any, where: str, family_hooks=()) -> tuple[dict, dict]:
+    """-> (meta, state_dict) for a full-pickle upstream checkpoint; UserError when not understood.
+
+    `family_hooks`: (Family, its `describe_pickle(container, model, where)` hook) pairs (models.family), asked
+    first, in the registry's order (YOLOv7, YOLOR: the yolov5 repository's classes with an IDetect head); the
+    yolov5 and ultralytics classes, shared by several families, are read here from the families' tables."""
     model = pick_model(container)
     if model is None:
         raise UserError(f"{where}: a full pickle without a model (expected a dict with 'model' or 'ema')")
+    family_hooks = list(family_hooks)
+    for _, hook in family_hooks:
+        got = hook(container, model, where)
+        if got is not None:
+            return got
     cls = upstream_name(model)
     yaml = module_attr(model, "yaml") or {}
     sd = model.state_dict()
@@ -99,15 +108,12 @@ def describe_upstream(container: Any, where: str) -> tuple[dict, dict]:
     head_cls = upstream_name(head) if head is not None else "?"
     multiples = None
     if cls in YOLOV5_MODEL_CLASSES:
-        if head_cls.endswith(("IDetect", "IAuxDetect")):   # YOLOv7 or YOLOR (paper branch), by the yaml's layers
-            from .yolor.model import describe_yolor
-            from .yolov7.model import describe_yolov7
-
-            got = describe_yolov7(container, model, where)
-            if got is not None:
-                return got
-
-            return describe_yolor(container, model, where)
+        if head_cls.endswith(("IDetect", "IAuxDetect")):   # a YOLOv7 or YOLOR no family's hook recognised
+            dm, wm = yaml.get("depth_multiple"), yaml.get("width_multiple")
+            known = [f"{f.name} ({', '.join(f.layouts)})" for f, _ in family_hooks]
+            raise UserError(f"{where}: a {cls} with {head_cls} whose layers ({_layer_types(yaml) or 'no yaml'}; depth "
+                            f"{dm}, width {wm}) match no layout yolobuild builds for it ({'; '.join(known)}); for "
+                            "custom layers set model.source.repo=PATH")
         family = "yolov5"
         layout = _match_layout(yaml, YOLOV5_LAYOUTS)
         dm, wm = yaml.get("depth_multiple"), yaml.get("width_multiple")

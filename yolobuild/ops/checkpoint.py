@@ -147,8 +147,9 @@ def _fp32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.detach().float() if v.is_floating_point() else v.detach()).contiguous() for k, v in sd.items()}
 
 
-def _family_hooks(name: str):
-    """Each family's hook `name` (models.family), in the registry's order; a family that cannot load gives none."""
+def _family_hooks(name: str, with_family: bool = False):
+    """Each family's hook `name` (models.family), in the registry's order; a family that cannot load gives none.
+    with_family: (Family, hook) pairs."""
     from .building import family_module
 
     for family in registry.families():
@@ -157,7 +158,7 @@ def _family_hooks(name: str):
         except ImportError:
             hook = None
         if hook is not None:
-            yield hook
+            yield (registry.get(family), hook) if with_family else hook
 
 
 def _anchor_head_nc(sd: dict[str, torch.Tensor]) -> int | None:
@@ -248,7 +249,7 @@ def read_weights(path, family: str, layout: str, trust: bool = False, source_rep
     from ..models.upstream import describe_upstream, pick_model
 
     if pick_model(obj) is not None:
-        file_meta, sd = describe_upstream(obj, where)
+        file_meta, sd = describe_upstream(obj, where, _family_hooks("describe_pickle", with_family=True))
         return f"upstream:{file_meta.pop('upstream')}", file_meta, _fp32(_strip_prefix(sd))
     if isinstance(obj, Stub):
         raise UserError(f"{where}: a full pickle without a model")
@@ -274,7 +275,7 @@ def inspect_weights(path, trust: bool = False, source_repo=None) -> dict:
             return info
     obj = load_checkpoint_file(path, full_pickle={"trust": trust, "source_repo": source_repo})
     if pick_model(obj) is not None:
-        meta, sd = describe_upstream(obj, where)
+        meta, sd = describe_upstream(obj, where, _family_hooks("describe_pickle", with_family=True))
         source = f"full pickle ({meta.pop('upstream')}), read by the restricted unpickler"
     else:
         source, meta, sd = classify(obj, where)

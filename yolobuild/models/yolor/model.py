@@ -375,17 +375,20 @@ def match_layout(yaml: dict) -> str | None:
     return next((name for name, table in YOLOR_LAYOUTS.items() if _norm_rows(table) == want), None)
 
 
-def describe_yolor(container: Any, model: nn.Module, where: str) -> tuple[dict, dict]:
-    """A YOLOR full pickle's stand-in tree (upstream models.yolo.Model with IDetect, read by the
-    restricted unpickler) -> (meta, state_dict). Meta carries the layout matched from `model.yaml`,
+def describe_pickle(container: Any, model: nn.Module, where: str) -> tuple[dict, dict] | None:
+    """The family hook (models.family): a YOLOR full pickle's stand-in tree (upstream models.yolo.Model with
+    IDetect, read by the restricted unpickler) -> (meta, state_dict); None when it has no IDetect head or its
+    yaml is no yolor layout (another family's, or none). Meta carries the layout matched from `model.yaml`,
     nc, names, strides and anchors in pixels, and `syncbn`: "all" or the module names that were
     SyncBatchNorm in the file (the unpickler reads them as BatchNorm2d; a SyncBatchNorm keeps its
     `process_group` attribute, which tells them apart)."""
     from ..safe_pickle import module_attr, upstream_name
-    from ..upstream import _layer_types, _names
+    from ..upstream import _names
 
     cls = upstream_name(model)
     found = [m for m in model.modules() if upstream_name(m).rsplit(".", 1)[-1] in ("IDetect", "IAuxDetect")]
+    if not found:
+        return None
     head = found[-1]
     head_cls = upstream_name(head)
     if head_cls.endswith("IAuxDetect"):
@@ -395,10 +398,7 @@ def describe_yolor(container: Any, model: nn.Module, where: str) -> tuple[dict, 
     layout = match_layout(yaml) if isinstance(yaml, dict) else None
     dm, wm = (yaml.get("depth_multiple"), yaml.get("width_multiple")) if isinstance(yaml, dict) else (None, None)
     if layout is None or dm != 1.0 or wm != 1.0:
-        types = _layer_types(yaml) if isinstance(yaml, dict) else "no yaml"
-        raise UserError(f"{where}: a {cls} with {head_cls} whose layers ({types or 'no yaml'}; depth {dm}, width "
-                        f"{wm}) match no yolor layout yolobuild builds ({', '.join(YOLOR_LAYOUTS)}); for custom "
-                        "layers set model.source.repo=PATH")
+        return None
     sd = model.state_dict()
     w = sd.get("model.41.m.0.weight")
     anchors_buf = head._buffers.get("anchors")

@@ -208,17 +208,18 @@ def match_layout(yaml: dict) -> str | None:
     return next((name for name, table in YOLOV7_LAYOUTS.items() if _norm(table) == want), None)
 
 
-def describe_yolov7(container: Any, model: nn.Module, where: str) -> tuple[dict, dict] | None:
-    """A YOLOv7 `train.py` full pickle's stand-in tree -> (meta, state_dict); None when its yaml is no
-    yolov7 layout (then it may be YOLOR's)."""
+def describe_pickle(container: Any, model: nn.Module, where: str) -> tuple[dict, dict] | None:
+    """The family hook (models.family): a YOLOv7 `train.py` full pickle's stand-in tree -> (meta, state_dict);
+    None when it has no IDetect head or its yaml is no yolov7 layout (another family's, or none)."""
     from ..safe_pickle import module_attr, upstream_name
     from ..upstream import _names
 
+    heads = [m for m in model.modules() if upstream_name(m).rsplit(".", 1)[-1] == "IDetect"]
     yaml = module_attr(model, "yaml") or {}
-    layout = match_layout(yaml) if isinstance(yaml, dict) else None
+    layout = match_layout(yaml) if heads and isinstance(yaml, dict) else None
     if layout is None:
         return None
-    head = [m for m in model.modules() if upstream_name(m).rsplit(".", 1)[-1] == "IDetect"][-1]
+    head = heads[-1]
     sd = model.state_dict()
     nc = int(module_attr(head, "nc") or yaml.get("nc") or 0)
     eps = sorted({float(m.eps) for m in model.modules() if isinstance(m, nn.BatchNorm2d)})
