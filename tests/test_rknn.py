@@ -182,3 +182,19 @@ def test_a_precision_the_chip_lacks_is_refused_at_validate(tmp_path):
     assert r.returncode == 2
     assert "precision.name: 'w8a16' is not supported by target rk3588; allowed: fp16, int8, int16" in r.stderr
     assert run_cli("validate", "target=rk3562", "precision=w8a16", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("recipe", ["yolo11n", "yolo26n", "yolov7-tiny"])
+def test_newer_families_compile_for_rk3588_int8_with_parity(tmp_path, recipe):
+    """YOLO11 (C2PSA attention), YOLO26 (one-to-one head) and YOLOv7-tiny through rknn-toolkit2 int8: the
+    simulator's outputs against PyTorch per field, and the toolkit's per-layer analysis read (YOLO11's and
+    YOLO26's reports hold `q_zero` rows for all-zero tensors; measured at 640: every field >= 0.999999)."""
+    r = run_cli(f"recipe={recipe}", "model.weights=random", "target=rk3588", "precision=int8",
+                "input.width=320", "input.height=320", f"workspace.path={tmp_path / 'ws'}",
+                f"cache.dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = json.loads((built_folder(tmp_path / "ws", r.stdout) / "manifest.json").read_text())
+    assert m["status"] == "compiled"
+    cosines = {k: v["cosine"] for k, v in m["parity"].items() if isinstance(v, dict) and "cosine" in v}
+    assert len(cosines) >= 2 and min(cosines.values()) >= 0.999, cosines
+    assert len(m["accuracy"]["layers"]) > 50

@@ -148,13 +148,18 @@ def _analysis_rows(folder: Path) -> list[tuple[str, str, float]]:
 
     A row reads `[Conv] /model.0/conv/Conv_output_0   0.99996 | 5.05334   0.99996 | 5.05334`: entire
     cosine | euclidean (error accumulated from the input), then single cosine | euclidean (this layer
-    alone, fed the float input)."""
+    alone, fed the float input). Rows whose figures read `q_zero` (the toolkit's own float16 conversions
+    of all-zero tensors, no ONNX tensor) are left out."""
     rows = []
     for line in (folder / "error_analysis.txt").read_text().splitlines():
         parts = line.split()
         if len(parts) < 8 or not parts[0].startswith("[") or parts[0][-1] != "]":
             continue
-        rows.append((parts[1], parts[0][1:-1], float(parts[5])))
+        try:
+            single = float(parts[5])
+        except ValueError:     # `q_zero`: a toolkit-internal conversion (…__float16) of an all-zero tensor
+            continue
+        rows.append((parts[1], parts[0][1:-1], single))
     return rows
 
 
