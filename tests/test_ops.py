@@ -465,3 +465,57 @@ def test_quantize_options(work, dataset, exports):
     decl = get("onnxruntime")
     assert [k for k, _ in problems(decl, merged(decl, {"calibrate_method": "kl"}))] == ["backend.options.calibrate_method"]
     assert [k for k, _ in problems(decl, merged(decl, {"bogus": 1}))] == ["backend.options.bogus"]
+
+
+def _qdq_params(graph) -> dict[str, tuple[float, int]]:
+    """tensor -> (scale, zero point) of the QuantizeLinear that quantizes it in a QDQ graph."""
+    from onnx import numpy_helper
+
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.input[0]: (float(init[n.input[1]]), int(init[n.input[2]]))
+            for n in graph.node if n.op_type == "QuantizeLinear" and n.input[1] in init}
+
+
+def test_quantize_float_stem_and_shared_concat_scales(work, dataset, exports):
+    """fp32_stem leaves the convolution that reads the image in float; shared_scales gives every tensor a
+    Concat, Split, Resize or MaxPool joins the union of their ranges, recomputed here with ONNX Runtime from
+    the float model's own tensors on the calibration images."""
+    from yolobuild.runtime.arrays import canvas_to_input, load_npz
+    from yolobuild.toolchains.registry import get
+
+    root = work / "qshared"
+    calib, _ = run_op("calibrate", root, dict(PRE, count=4), {"images": dataset["calib"]}, ["calib.npz"])
+    common = dict(platform="cpu", precision="int8", input_layout="nchw_float32", head="raw", **PRE)
+    defaults = get("onnxruntime").option_defaults()
+    assert defaults["fp32_stem"] is True and defaults["shared_scales"] is True
+    graphs, results = {}, {}
+    for name, extra in (("on", {}), ("off", {"fp32_stem": False, "shared_scales": False})):
+        q, results[name] = run_op("quantize", root / name, dict(common, options={**defaults, **extra}),
+                                  {"model": exports["raw"]["onnx"], "calib": calib["calib.npz"]}, ["model.onnx"],
+                                  impl=TC + "quantize")
+        graphs[name] = onnx.load(str(q["model.onnx"])).graph
+
+    readers = {k: {n.op_type for n in g.node if "images" in n.input} for k, g in graphs.items()}
+    assert readers == {"on": {"Conv"}, "off": {"QuantizeLinear"}}   # the stem reads the float image
+
+    float_graph = onnx.load(str(exports["raw"]["onnx"])).graph
+    concats = [n for n in float_graph.node if n.op_type == "Concat"]
+    assert concats and results["on"]["shared_groups"] >= 1 and "shared_groups" in results["off"]
+    on, off = _qdq_params(graphs["on"]), _qdq_params(graphs["off"])
+    same = lambda params, n: len({params[t] for t in (*n.input, n.output[0]) if t in params}) == 1  # noqa: E731
+    assert all(same(on, n) for n in concats if n.output[0] in on)
+    assert not all(same(off, n) for n in concats if n.output[0] in off)
+
+    # the shared range is the union of the joined tensors' own min/max (ONNX Runtime, float model)
+    concat = next(n for n in concats if n.output[0] in on)
+    probe = onnx.load(str(exports["raw"]["onnx"]))
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in (*concat.input, concat.output[0]))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = canvas_to_input(load_npz(calib["calib.npz"])["images"], 1 / 255)
+    values = [sess.run(None, {"images": x[i:i + 1]}) for i in range(len(x))]
+    low = min(0.0, min(float(v.min()) for run in values for v in run))
+    high = max(0.0, max(float(v.max()) for run in values for v in run))
+    scale, _ = on[concat.output[0]]
+    assert scale == pytest.approx((high - low) / 255, rel=1e-5)

@@ -80,22 +80,37 @@ def _figures(times) -> dict:
 BLOCK = 10   # calls of one model in a row when two are timed in turn
 
 
+SETTLE_S = 0.1   # uncounted calls lead each block for at least this long
+
+
+def _block(run, x: np.ndarray, n: int) -> list[float]:
+    """n timed calls (ms) after uncounted ones for SETTLE_S (one at least): when two models take turns, the
+    other one's ONNX Runtime worker threads keep spinning after its last call, and slowed this model's next
+    calls for some 30 ms (measured on bench, two threads: int8 calls 2-6 of a block 7.2-9.8 ms, then 5.6)."""
+    start = time.perf_counter()
+    run(x)
+    while time.perf_counter() - start < SETTLE_S:
+        run(x)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
 def measure_against(run, run_float, x: np.ndarray, runs: int, warmup: int) -> tuple[dict, dict]:
     """The artifact and the float model it came from, timed in turn (same input, same threads): blocks of
-    BLOCK calls each, so a machine that gets busier during the run slows both alike. The first call of a
-    block is not counted: ONNX Runtime's worker threads spin for a while after a run, and call for call they
-    slowed the other session by up to 1.9x (measured: bench fp32 9.4 ms alone, 17.1 ms alternating with int8)."""
-    for _ in range(warmup):
-        run(x)
-        run_float(x)
+    BLOCK calls each, so a machine that gets busier during the run slows both alike. Each block starts with
+    uncounted calls (_block): ONNX Runtime's worker threads spin for a while after a run,
+    and call for call they slowed the other model by up to 1.9x (measured: bench fp32 9.4 ms alone, 17.1 ms
+    alternating)."""
+    _block(run, x, warmup)
+    _block(run_float, x, warmup)
     built, floats = [], []
     while len(built) < runs:
         for f, into in ((run, built), (run_float, floats)):
-            f(x)                                     # the switch: the other session's threads still spin
-            for _ in range(min(BLOCK, runs - len(into))):
-                t0 = time.perf_counter()
-                f(x)
-                into.append((time.perf_counter() - t0) * 1000.0)
+            into += _block(f, x, min(BLOCK, runs - len(into)))
     return ({**_figures(built), "runs": runs, "warmup": warmup, "batch": 1},
             {**_figures(floats), "runs": runs})
 

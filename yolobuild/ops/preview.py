@@ -49,8 +49,10 @@ def preview(ctx: OpContext) -> None:
     from ..toolchains.registry import get
 
     p = ctx.params
-    # the generic preview: ONNX Runtime's defaults, the head quantized too (what a vendor int8 does)
-    options = {**get("onnxruntime").option_defaults(), "calibrate_method": "minmax", "fp32_head": False}
+    # the generic preview: ONNX Runtime's defaults, the stem and the head quantized too (what a vendor int8 does),
+    # each tensor its own range (fp32_stem and shared_scales are ONNX Runtime's own speed choices)
+    options = {**get("onnxruntime").option_defaults(), "calibrate_method": "minmax", "fp32_head": False,
+               "fp32_stem": False, "shared_scales": False}
     common = {"precision": "int8", "input_layout": "nchw_float32", "scale": float(p["scale"]), "options": options}
     model, opset = _at_least_opset13(Path(ctx.inputs["model"]), Path(ctx.scratch))
     q = _sub(ctx, "quantize", common, {"model": model, "calib": ctx.inputs["calib"]}, ("model.onnx",))

@@ -24,8 +24,10 @@ from .logger import file_logger
 
 # tensorrt's quantize options, handed to ONNX Runtime's quantizer under the same names
 QUANTIZER_OPTIONS = ("calibrate_method", "percentile", "num_bins", "keep_float")
-# what TensorRT's Q/DQ import needs whatever the user asks: per-channel weights, full int8 range
-QUANTIZER_FIXED = {"per_channel": True, "reduce_range": False, "pre_process": True}
+# what TensorRT's Q/DQ import needs whatever the user asks: per-channel weights, full int8 range; TensorRT
+# picks its own kernels, so none of ONNX Runtime's CPU speed choices (a float stem, shared Concat ranges)
+QUANTIZER_FIXED = {"per_channel": True, "reduce_range": False, "pre_process": True, "fp32_stem": False,
+                   "shared_scales": False}
 
 
 def _input_layout(params: dict) -> None:
