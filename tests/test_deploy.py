@@ -331,6 +331,25 @@ def test_board_only_artifacts_get_a_benchmark_script(tmp_path):
     assert "bmrt_test --bmodel model.bmodel" in script and "infer.py --benchmark" in script
 
 
+def test_each_block_starts_after_the_other_models_threads_settle(monkeypatch):
+    """A block's counted calls start only after SETTLE_S of uncounted ones (the other model's worker threads
+    spin for some 30 ms after its last call): with 20 ms calls and a 0.1 s settle, at least 5 lead each block."""
+    import time as _time
+
+    from yolobuild.deploy import timing
+
+    monkeypatch.setattr(timing, "SETTLE_S", 0.1)
+    calls = []
+
+    def run(x):
+        calls.append(_time.perf_counter())
+        _time.sleep(0.02)
+
+    times = timing._block(run, np.zeros(1), 3)
+    assert len(times) == 3 and all(t >= 19 for t in times)
+    assert len(calls) >= 5 + 3 and calls[-3] - calls[0] >= 0.1
+
+
 def test_a_quantized_artifact_is_timed_call_for_call_beside_its_float_model(monkeypatch):
     """In turn, so a machine that gets busier mid-run slows both alike: blocks of calls, each block led by
     uncounted calls (the other model's threads still spinning; one here, the calls take no time). The order of
