@@ -64,9 +64,17 @@ def op_crash(ctx):
     raise RuntimeError("segfault-like crash in a tool")
 
 
+def op_blas(ctx):
+    """Writes the thread counts of the BLAS libraries loaded in the op's process, as threadpoolctl reads them."""
+    from threadpoolctl import threadpool_info
+
+    ctx.outputs["out.txt"].write_text(json.dumps([i["num_threads"] for i in threadpool_info()
+                                                  if i["user_api"] == "blas"]))
+
+
 TEST_KINDS = {
     "t_write": op_write, "t_upper": op_upper, "t_folder": op_folder,
-    "t_interrupt": op_interrupt, "t_fail": op_fail, "t_crash": op_crash,
+    "t_interrupt": op_interrupt, "t_fail": op_fail, "t_crash": op_crash, "t_blas": op_blas,
 }
 
 
@@ -265,3 +273,19 @@ def test_the_worker_op_starts_before_host_checks_and_host_ops_take_turns(monkeyp
     # a hand-off op is host code (torch serialization in this interpreter): it takes its turn too
     handoff = _op("handoff", kind="handoff", env="handoff", needs=("export",))
     assert [op.id for op in ready_to_start([handoff], [check], {"export"}, jobs=4)] == []
+
+
+def test_ops_see_one_blas_thread_and_the_limit_ends_with_the_run(tmp_path):
+    """numpy's OpenBLAS called from two op threads at once can spin for good: while a build's ops run, every
+    BLAS library loaded is held to one thread; after the run the caller's own setting is back."""
+    import numpy  # noqa: F401  (its OpenBLAS loaded, as in any build)
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert before, "numpy brought no BLAS library threadpoolctl can see"
+    plan = Plan("test", (Op("blas", "t_blas", {}, {}, ("out.txt",), tools=("numpy",)),), "compiled")
+    cache = Cache(tmp_path / "c")
+    ex = Runner(cache).run(plan)
+    seen = json.loads(cache.object_path(ex.records[0].outputs["out.txt"]["sha256"]).read_text())
+    assert seen == [1] * len(before)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

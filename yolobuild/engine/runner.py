@@ -156,6 +156,18 @@ def explain(key: dict[str, Any], previous: dict[str, Any] | None) -> str:
     return "no cache entry (same key as the last build: the cache entry was removed)"
 
 
+
+def one_blas_thread():
+    """numpy's BLAS held to one thread while a build's op threads run (restore_original_limits() ends it).
+    numpy's OpenBLAS (0.3.31, numpy 2.4) called from two op threads of one build, a host check beside a
+    toolchain step's host side, was seen to spin in exec_blas for good (check_parity's norm, 15 minutes at
+    100% CPU, its worker thread asleep); one BLAS thread runs in the caller and has no hand-off to lose. The
+    op threads are the build's parallelism; torch and ONNX Runtime keep their own thread pools."""
+    import numpy  # noqa: F401  (loaded first: the limit applies to the BLAS libraries loaded now)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
 @dataclass
 class OpRecord:
     op: Op
@@ -370,6 +382,7 @@ class Runner:
         interrupted = False
         jobs = max_jobs()
         self._t0 = time.perf_counter()
+        blas = one_blas_thread()
         pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="yolobuild-op")
         try:
             while pending or running:
@@ -399,6 +412,7 @@ class Runner:
             interrupted = True
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            blas.restore_original_limits()
             from .child import stop as stop_child
 
             stop_child()
