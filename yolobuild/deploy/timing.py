@@ -58,15 +58,20 @@ def runtimes_for(model: Path) -> dict:
     return found
 
 
-def measure(run, x: np.ndarray, runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        run(x)
+def _timed(run, x: np.ndarray, n: int) -> list[float]:
+    """n calls, each one's wall time in ms."""
     times = []
-    for _ in range(runs):
+    for _ in range(n):
         t0 = time.perf_counter()
         run(x)
         times.append((time.perf_counter() - t0) * 1000.0)
-    return {**_figures(times), "runs": runs, "warmup": warmup, "batch": 1}
+    return times
+
+
+def measure(run, x: np.ndarray, runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        run(x)
+    return {**_figures(_timed(run, x, runs)), "runs": runs, "warmup": warmup, "batch": 1}
 
 
 def _figures(times) -> dict:
@@ -78,8 +83,6 @@ def _figures(times) -> dict:
 
 
 BLOCK = 10   # calls of one model in a row when two are timed in turn
-
-
 SETTLE_S = 0.1   # uncounted calls lead each block for at least this long
 
 
@@ -91,12 +94,7 @@ def _block(run, x: np.ndarray, n: int) -> list[float]:
     run(x)
     while time.perf_counter() - start < SETTLE_S:
         run(x)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        run(x)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return times
+    return _timed(run, x, n)
 
 
 def measure_against(run, run_float, x: np.ndarray, runs: int, warmup: int) -> tuple[dict, dict]:

@@ -156,7 +156,6 @@ def explain(key: dict[str, Any], previous: dict[str, Any] | None) -> str:
     return "no cache entry (same key as the last build: the cache entry was removed)"
 
 
-
 def one_blas_thread():
     """numpy's BLAS held to one thread while a build's op threads run (restore_original_limits() ends it).
     numpy's OpenBLAS (0.3.31, numpy 2.4) called from two op threads of one build, a host check beside a
@@ -167,6 +166,7 @@ def one_blas_thread():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
+
 
 @dataclass
 class OpRecord:
